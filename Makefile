@@ -1,0 +1,53 @@
+# meshd — make targets. `make run` and `make test` are the two that matter.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+export PATH := $(CURDIR)/.deps/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help setup deps run test test-unit test-integration lint format bench docs clean
+
+help:
+	@echo "make run     — a demo mesh on this machine (embedded defaults)"
+	@echo "make test    — the whole suite: lint, unit, integration, end-to-end"
+	@echo "make setup   — .venv with meshd and its dev tools"
+	@echo "make deps    — consul and bao into .deps/bin (for the tests)"
+	@echo "make lint    — ruff and mypy --strict"
+	@echo "make bench   — benchmarks; report in bench/results/"
+	@echo "make docs    — regenerate docs/reference/resources.md from the models"
+
+setup:
+	@scripts/setup-venv.sh
+
+deps: setup
+	@scripts/deps.sh
+
+run: setup
+	@$(PY) -m meshd.demo
+
+lint: setup
+	@echo "lint: ruff"; $(VENV)/bin/ruff check .
+	@echo "lint: ruff format --check"; $(VENV)/bin/ruff format --check --quiet .
+	@echo "lint: mypy --strict"; $(VENV)/bin/mypy
+	@echo "lint: docs/reference is current"; $(PY) -m meshd.schema.reference --check docs/reference/resources.md
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test-unit: setup
+	$(PY) -m pytest -m "not integration and not e2e" -q
+
+test-integration: deps
+	$(PY) -m pytest -m "integration or e2e" -q
+
+test: deps lint
+	$(PY) -m pytest -q
+
+bench: deps
+	$(PY) -m bench
+
+docs: setup
+	$(PY) -m meshd.schema.reference --write docs/reference/resources.md
+
+clean:
+	rm -rf .run build *.egg-info .mypy_cache .ruff_cache .pytest_cache

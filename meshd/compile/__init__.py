@@ -1,0 +1,1 @@
+"""Rules + endpoints -> one ProxySnapshot per sidecar. Pure functions; no I/O."""

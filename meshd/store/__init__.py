@@ -1,0 +1,1 @@
+"""Durable storage of rules, their history, tokens and the audit log."""

@@ -1,0 +1,1 @@
+"""Service discovery behind one async interface (anyio: runs under Trio and asyncio)."""

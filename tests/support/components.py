@@ -1,0 +1,1 @@
+"""Fixtures that start real components on free loopback ports."""
