@@ -9,6 +9,7 @@ compare-and-set; losing a race raises :class:`meshd.errors.Conflict`.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -100,7 +101,7 @@ class Store(Protocol):
         """Remove and record the delete in the history; ``NotFound`` if absent."""
         ...
 
-    async def history(self, key: ResourceKey) -> list[Revision]:
+    async def history(self, key: ResourceKey) -> builtins.list[Revision]:
         """Oldest first; kept after a delete; empty if the key never existed."""
         ...
 
@@ -120,11 +121,11 @@ class Store(Protocol):
 
     async def record_delete(self, collection: str, record_id: str) -> bool: ...
 
-    async def record_list(self, collection: str) -> list[tuple[str, dict[str, Any]]]: ...
+    async def record_list(self, collection: str) -> builtins.list[tuple[str, dict[str, Any]]]: ...
 
     async def audit_append(self, entry: AuditEntry) -> None: ...
 
-    async def audit_list(self, limit: int = 100) -> list[AuditEntry]:
+    async def audit_list(self, limit: int = 100) -> builtins.list[AuditEntry]:
         """Newest first."""
         ...
 
