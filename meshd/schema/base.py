@@ -60,7 +60,10 @@ def find_unsupported(value: object, path: str = "") -> Iterator[FieldError]:
     """Every set field in ``value`` (recursively) that is declared :func:`unsupported`."""
     if isinstance(value, BaseModel):
         cls = type(value)
-        for name in value.model_fields_set:
+        # Declaration order, not set order, so errors come out the same every time.
+        for name in cls.model_fields:
+            if name not in value.model_fields_set:
+                continue
             field_value = getattr(value, name)
             alias = cls.model_fields[name].alias or name
             sub = f"{path}.{alias}" if path else alias
@@ -112,7 +115,7 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 
 
 def _check_name(text: str) -> str:
-    if len(text) > 253 or not _DNS_SUBDOMAIN.match(text):
+    if len(text) > 253 or not _DNS_SUBDOMAIN.fullmatch(text):
         raise ValueError(
             f"invalid name {text!r}: use lowercase letters, digits, '-' and '.', "
             "starting and ending with a letter or digit (at most 253 characters)"
@@ -121,7 +124,7 @@ def _check_name(text: str) -> str:
 
 
 def _check_namespace(text: str) -> str:
-    if len(text) > 63 or not _DNS_LABEL.match(text):
+    if len(text) > 63 or not _DNS_LABEL.fullmatch(text):
         raise ValueError(
             f"invalid namespace {text!r}: use lowercase letters, digits and '-', "
             "starting and ending with a letter or digit (at most 63 characters)"

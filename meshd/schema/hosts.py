@@ -47,7 +47,9 @@ def split_service_fqdn(fqdn: str, domain_suffix: str = "cluster.local") -> tuple
     return head[1], head[0]
 
 
-def host_aliases(service: str, namespace: str, domain_suffix: str = "cluster.local") -> tuple[str, ...]:
+def host_aliases(
+    service: str, namespace: str, domain_suffix: str = "cluster.local"
+) -> tuple[str, ...]:
     """Every spelling of a mesh service's name, most specific first; the short name is
     only meaningful to callers in the same namespace."""
     return (
