@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.support.components"]
+pytest_plugins = ["tests.support.components", "tests.support.meshd_process"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

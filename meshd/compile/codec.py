@@ -73,13 +73,18 @@ def _fail(path: str, message: str) -> CodecError:
     return CodecError(f"{path or '<root>'}: {message}")
 
 
-@cache
 def _decoder(tp: Any) -> Decoder:
+    cached: Decoder = _cached_decoder(tp)
+    return cached
+
+
+@cache
+def _cached_decoder(tp: Any) -> Decoder:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
         return lambda v, _p: v
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _dataclass_decoder(tp)
     if origin in (Union, types.UnionType):
         return _union_decoder(args)
@@ -140,7 +145,11 @@ def _tuple_decoder(args: tuple[Any, ...]) -> Decoder:
 def _union_decoder(args: tuple[Any, ...]) -> Decoder:
     optional = type(None) in args
     members = [a for a in args if a is not type(None)]
-    tagged = {getattr(m, "TAG", None): m for m in members if dataclasses.is_dataclass(m)}
+    tagged = {
+        getattr(m, "TAG", None): m
+        for m in members
+        if isinstance(m, type) and dataclasses.is_dataclass(m)
+    }
     if len(members) > 1 and None not in tagged and len(tagged) == len(members):
         by_tag = {tag: _decoder(m) for tag, m in tagged.items()}
 
@@ -149,7 +158,7 @@ def _union_decoder(args: tuple[Any, ...]) -> Decoder:
                 return None
             if not isinstance(v, dict) or len(v) != 1:
                 raise _fail(p, f"expected one of {sorted(map(str, by_tag))} as a single key")
-            (tag, body), = v.items()
+            ((tag, body),) = v.items()
             if tag not in by_tag:
                 raise _fail(p, f"unknown variant {tag!r}")
             return by_tag[tag](body, f"{p}.{tag}")

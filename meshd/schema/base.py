@@ -176,6 +176,10 @@ class Resource(StrictModel, Generic[SpecT]):
         return ResourceKey(self.kind, self.metadata.namespace, self.metadata.name)
 
 
+AnyResource = Resource[Any]
+"""A resource of any kind."""
+
+
 class ResourceKey(NamedTuple):
     """The identity of a stored resource: ``(kind, namespace, name)`` with ``kind`` as
     Istio spells it (``VirtualService``)."""

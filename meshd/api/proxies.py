@@ -1,0 +1,79 @@
+"""Config distribution (``/v1/xds``) and proxy status (``/v1/proxies``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from meshd.api.deps import Svc, Viewer
+from meshd.compile import codec
+from meshd.errors import NotFound
+
+router = APIRouter(prefix="/v1", tags=["proxies"])
+VERSION_HEADER = "X-Mesh-Version"
+
+
+@router.get("/xds/{proxy}")
+async def poll(
+    svc: Svc,
+    _who: Viewer,
+    proxy: str,
+    version: Annotated[
+        str, Query(description="the version the proxy runs; polling with it ACKs it")
+    ] = "",
+    wait: Annotated[float, Query(ge=0, description="seconds to wait for a change")] = 30.0,
+) -> Response:
+    """The proxy's snapshot when it differs from ``version``; else 304 after ``wait``."""
+    wait = min(wait, svc.settings.poll_wait_max_s)
+    registered = svc.catalog.get(proxy) is not None
+    found = await svc.control.hub.poll(proxy, version, wait, registered=registered)
+    if found is None:
+        return Response(status_code=304, headers={VERSION_HEADER: version})
+    new_version, body = found
+    return Response(
+        content=body,
+        media_type="application/json",
+        headers={VERSION_HEADER: new_version, "ETag": f'"{new_version}"'},
+    )
+
+
+class AckBody(BaseModel):
+    version: str
+    error: str | None = None
+
+
+@router.post("/xds/{proxy}/ack", status_code=204)
+async def ack(svc: Svc, _who: Viewer, proxy: str, body: AckBody) -> Response:
+    """ACK a version, or NACK it with ``error`` (the proxy keeps its last good config)."""
+    svc.control.hub.ack(proxy, body.version, body.error)
+    if body.error:
+        svc.metrics.nacks.inc()
+    return Response(status_code=204)
+
+
+@router.get("/proxies")
+async def proxies(svc: Svc, _who: Viewer) -> dict[str, Any]:
+    hub = svc.control.hub
+    return {"items": [hub.status(s) for s in hub.states()]}
+
+
+@router.get("/proxies/{proxy}")
+async def proxy(svc: Svc, _who: Viewer, proxy: str) -> dict[str, Any]:
+    hub = svc.control.hub
+    status = hub.status(hub.get(proxy))
+    instance = svc.catalog.get(proxy)
+    status["instance"] = codec.to_plain(instance) if instance is not None else None
+    return status
+
+
+@router.get("/proxies/{proxy}/config")
+async def proxy_config(svc: Svc, _who: Viewer, proxy: str) -> dict[str, Any]:
+    state = svc.control.hub.get(proxy)
+    if state.snapshot is None:
+        detail = "; ".join(state.errors) or "its first config is still being compiled"
+        raise NotFound(f"proxy {proxy!r} has no config yet: {detail}")
+    plain: dict[str, Any] = codec.to_plain(state.snapshot)
+    return plain

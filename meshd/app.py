@@ -1,0 +1,79 @@
+"""The FastAPI application: opens the store, starts the control loop, mounts the routers."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from meshd import __version__
+from meshd.admin_tokens import AdminTokens
+from meshd.api import admin, health, problems, proxies, registry, resources
+from meshd.api.deps import Services
+from meshd.config import Settings
+from meshd.control import ControlPlane
+from meshd.metrics import Metrics
+from meshd.rules import Rules
+from meshd.schema.validate import MeshNames
+from meshd.store.factory import open_store
+from registry.embedded import EmbeddedCatalog
+
+log = logging.getLogger("meshd")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = await open_store(
+            settings.store,
+            data_dir=settings.data_dir,
+            consul_addr=settings.consul_addr,
+            consul_token=settings.consul_token,
+            consul_prefix=settings.consul_prefix,
+        )
+        log.info("store opened: %s", store.backend)
+        try:
+            tokens = AdminTokens(store)
+            generated = await tokens.ensure_bootstrap(settings.bootstrap_token, settings.data_dir)
+            if generated:
+                # Printed once, on purpose: the only other copy is the 0600 file.
+                print(
+                    "meshd: generated the first admin token "
+                    f"(also in {settings.data_dir / 'admin.token'}):\n"
+                    f"  export MESHD_TOKEN={generated}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            metrics = Metrics()
+            catalog = EmbeddedCatalog()
+            control = ControlPlane(settings, store, catalog, metrics)
+            names = MeshNames(
+                domain_suffix=settings.domain_suffix, root_namespace=settings.root_namespace
+            )
+            rules = Rules(store, control.models, names)
+            app.state.mesh = Services(settings, store, catalog, control, rules, tokens, metrics)
+            async with anyio.create_task_group() as tg:
+                await tg.start(control.run)
+                log.info("control loop started")
+                yield
+                log.info("stopping the control loop")
+                tg.cancel_scope.cancel()
+        finally:
+            await store.aclose()
+            log.info("store closed")
+
+    app = FastAPI(
+        title="meshd",
+        version=__version__,
+        summary="Control plane of a service mesh for Docker Compose and VMs",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    for router in (health.router, resources.router, proxies.router, registry.router, admin.router):
+        app.include_router(router)
+    return app

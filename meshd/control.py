@@ -1,0 +1,167 @@
+"""The control loop: store and registry changes -> debounced, incremental compile ->
+new snapshots in the xDS hub.
+
+Every replica compiles from the store's watch (its own writes included), so all
+replicas converge on the same snapshots; versions are content hashes, so a proxy
+that moves to another replica is not re-sent what it already has.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskStatus
+
+from meshd.compile.compiler import Compiler, CompileResult, CompileSettings
+from meshd.compile.snapshot import MeshSettings
+from meshd.config import Settings
+from meshd.metrics import Metrics
+from meshd.models import ModelCache
+from meshd.schema.base import AnyResource, ResourceKey
+from meshd.store.base import Store, StoreState
+from meshd.xds.hub import ProxyState, XdsHub
+from registry.embedded import EmbeddedCatalog
+from registry.latest import Latest
+
+log = logging.getLogger("meshd.control")
+
+
+@dataclass(frozen=True, slots=True)
+class CompileReport:
+    at: float
+    duration_s: float
+    proxies: int
+    changed: int
+    errors: int
+    store_index: int
+
+
+class ControlPlane:
+    def __init__(
+        self, settings: Settings, store: Store, catalog: EmbeddedCatalog, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.metrics = metrics
+        self.models = ModelCache()
+        self.hub = XdsHub(on_ack=self._observe_ack)
+        self._compiler = Compiler()
+        self._compile_settings = CompileSettings(
+            mesh=MeshSettings(
+                trust_domain=settings.trust_domain, domain_suffix=settings.domain_suffix
+            ),
+            root_namespace=settings.root_namespace,
+            default_mtls_mode=settings.default_mtls_mode,
+        )
+        self._current: dict[ResourceKey, AnyResource] = {}
+        self._store_index = -1
+        self._dirty: Latest[int] = Latest(0)
+        self._logged_errors: dict[str, tuple[str, ...]] = {}
+        self.last_result: CompileResult | None = None
+        self.last_report: CompileReport | None = None
+        self.ready = anyio.Event()
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def current(self) -> dict[ResourceKey, AnyResource]:
+        """The resources the last store state holds (the compiler's input)."""
+        return self._current
+
+    def _mark_dirty(self) -> None:
+        self._dirty.set(self._dirty.value + 1)
+
+    async def _watch_store(self) -> None:
+        async for state in self.store.watch():
+            self._take_state(state)
+            self._mark_dirty()
+
+    def _take_state(self, state: StoreState) -> None:
+        self._current = self.models.models(state.resources.values())
+        self.models.forget_missing(state.resources.keys())
+        self._store_index = state.index
+
+    async def _watch_registry(self) -> None:
+        async for _view in self.catalog.watch():
+            self._mark_dirty()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_store)
+            tg.start_soon(self._watch_registry)
+            tg.start_soon(self._compile_loop)
+            task_status.started()
+
+    async def _compile_loop(self) -> None:
+        seen = 0
+        while True:
+            seen, _ = await self._dirty.wait_newer(seen)
+            await self._debounce(seen)
+            seen = self._dirty.version
+            # The first compile waits for the store's initial state, or it would push an
+            # empty config to proxies that reconnect right after a restart.
+            if self._store_index < 0:
+                continue
+            await self._compile_once()
+
+    async def _debounce(self, seen: int) -> None:
+        """Wait until changes pause for ``debounce_ms`` (at most ``debounce_max_ms``)."""
+        quiet = self.settings.debounce_ms / 1000
+        deadline = time.monotonic() + self.settings.debounce_max_ms / 1000
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with anyio.move_on_after(min(quiet, left)) as scope:
+                seen, _ = await self._dirty.wait_newer(seen)
+            if scope.cancelled_caught:
+                return
+
+    async def _compile_once(self) -> None:
+        resources = list(self._current.values())
+        view = self.catalog.view()
+        index = self._store_index
+        started = time.perf_counter()
+        # In a worker thread so a large compile does not stall API requests and polls.
+        result = await anyio.to_thread.run_sync(
+            self._compiler.compile, resources, view, self._compile_settings
+        )
+        took = time.perf_counter() - started
+        proxies = [
+            inst.id for instances in view.services.values() for inst in instances if inst.meshed
+        ]
+        changed = self.hub.publish(result.snapshots, result.errors, proxies)
+        self.last_result = result
+        self.last_report = CompileReport(
+            time.time(), took, len(proxies), changed, len(result.errors), index
+        )
+        self.metrics.observe_compile(took, changed, len(result.errors))
+        self._log_errors(result)
+        log.info(
+            "compiled %d resources for %d proxies in %.0f ms: %d new versions, %d with errors",
+            len(resources),
+            len(proxies),
+            took * 1000,
+            changed,
+            len(result.errors),
+        )
+        if not self.ready.is_set():
+            self.ready.set()
+
+    def _log_errors(self, result: CompileResult) -> None:
+        for pid, errors in result.errors.items():
+            if self._logged_errors.get(pid) != errors:
+                log.error(
+                    "proxy %s keeps its last good config; its new config is invalid: %s",
+                    pid,
+                    "; ".join(errors),
+                )
+        self._logged_errors = dict(result.errors)
+
+    def _observe_ack(self, state: ProxyState, latency_s: float) -> None:
+        self.metrics.observe_ack(latency_s)

@@ -1,0 +1,1 @@
+"""Config distribution: per-proxy long-poll watches, ACK/NACK, status."""
