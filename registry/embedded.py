@@ -4,7 +4,7 @@ or reconnect); the registry issue adds persistence, heartbeats and health."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from registry.latest import Latest
 from registry.model import Instance, RegistryView, ServiceKey
@@ -35,7 +35,7 @@ class EmbeddedCatalog:
     def view(self) -> RegistryView:
         return self._view.value
 
-    def watch(self) -> AsyncIterator[RegistryView]:
+    def watch(self) -> AsyncGenerator[RegistryView]:
         return self._view.watch()
 
     def _publish(self) -> None:

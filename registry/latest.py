@@ -7,7 +7,7 @@ anyio so it runs under Trio (sidecar) and asyncio (meshd).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Generic, TypeVar
 
 import anyio
@@ -45,7 +45,7 @@ class Latest(Generic[T]):
             await self._changed.wait()
         return self._version, self._value
 
-    async def watch(self) -> AsyncIterator[T]:
+    async def watch(self) -> AsyncGenerator[T]:
         """The current value, then each newer one (intermediate values may be skipped)."""
         version = self._version
         yield self._value

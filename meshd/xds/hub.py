@@ -129,8 +129,6 @@ class XdsHub:
         state.last_seen = now
         if not state.first_seen:
             state.first_seen = now
-        if version and version == state.version and version != state.acked_version:
-            self._ack(state, version)
         state.active_polls += 1
         try:
             with anyio.move_on_after(wait_s):
@@ -138,6 +136,11 @@ class XdsHub:
                     if state.gone:
                         raise NotFound(f"proxy {proxy_id!r} was deregistered")
                     snap = state.snapshot
+                    # Checked on every wake-up, not only on arrival: after a meshd restart
+                    # the proxy polls with the version it runs before meshd has compiled
+                    # it, and that poll is its ACK once the same version is published.
+                    if snap is not None and version == snap.version != state.acked_version:
+                        self._ack(state, version)
                     if snap is not None and snap.version not in (version, state.nack_version):
                         if state.body is None:
                             state.body = self._encoder.encode(snap)

@@ -1,0 +1,314 @@
+"""The sidecar's run loop: state dir, saved config, admin server, registration, config
+watch, heartbeat, and an orderly stop on SIGTERM/SIGINT.
+
+Task tree (structured concurrency; nothing outlives :func:`run`)::
+
+    run
+    ├── admin server              started first, stopped last
+    ├── signal watcher            1st signal: stop the control tasks; 2nd: stop everything
+    └── control tasks             cancelled on the first signal, then deregistration
+        ├── Agent.control_loop    register -> long-poll / apply / ACK / NACK -> ...
+        └── Agent.heartbeat       re-register every 30 s (meshd's catalog is in memory)
+
+meshd being down never stops the sidecar: it keeps serving its last good config (or
+the saved one) and retries with jittered exponential backoff, logging once when the
+link fails and once when it recovers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+
+import trio
+
+from sidecar.admin import AdminApp, AdminServer
+from sidecar.config_store import (
+    ConfigStore,
+    decode_snapshot,
+    load_or_create_id_suffix,
+    prepare_state_dir,
+    summary,
+)
+from sidecar.control_client import (
+    Backoff,
+    Changed,
+    Connectivity,
+    ControlClient,
+    Registration,
+    Unchanged,
+)
+from sidecar.errors import ControlPlaneError, InstanceUnknown, InvalidSnapshot, StateError
+from sidecar.settings import Settings, derive_instance_id
+
+log = logging.getLogger("sidecar")
+
+HEARTBEAT_S = 30.0
+DEREGISTER_TIMEOUT_S = 3.0
+
+
+def registration_of(settings: Settings) -> Registration:
+    return Registration(
+        service=settings.service,
+        namespace=settings.namespace,
+        address=settings.address,
+        port=settings.inbound_port,
+        app_port=settings.app_port,
+        protocol=settings.protocol,
+        labels=settings.labels,
+        service_account=settings.service_account,
+    )
+
+
+class Agent:
+    """Keeps one proxy registered and its config current. Drive :meth:`control_loop`
+    and :meth:`heartbeat` in a nursery; both run until cancelled."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        proxy_id: str,
+        store: ConfigStore,
+        client: ControlClient,
+        connectivity: Connectivity,
+        *,
+        heartbeat_s: float = HEARTBEAT_S,
+        backoff: Callable[[], Backoff] = Backoff,
+    ) -> None:
+        self.settings = settings
+        self.proxy_id = proxy_id
+        self.store = store
+        self.client = client
+        self.connectivity = connectivity
+        self.registration = registration_of(settings)
+        self.heartbeat_s = heartbeat_s
+        self.registered = False
+        self._new_backoff = backoff
+        self._refused = self._new_backoff()
+        self._last_refused = ""
+
+    # --- registration ---------------------------------------------------------------------
+
+    async def register(self) -> None:
+        """Register, retrying until meshd accepts it."""
+        backoff = self._new_backoff()
+        while True:
+            try:
+                await self.client.register(self.proxy_id, self.registration)
+            except ControlPlaneError as exc:
+                self.connectivity.failed(exc)
+                await trio.sleep(backoff.next_delay())
+                continue
+            self.connectivity.succeeded()
+            if not self.registered:
+                log.info(
+                    "registered instance %s (service %s.%s at %s:%d) with meshd at %s",
+                    self.proxy_id,
+                    self.settings.service,
+                    self.settings.namespace,
+                    self.settings.address,
+                    self.settings.inbound_port,
+                    self.client.base_url,
+                )
+            self.registered = True
+            return
+
+    async def heartbeat(self) -> None:
+        """Re-register every ``heartbeat_s``: meshd keeps its catalog in memory."""
+        while True:
+            await trio.sleep(self.heartbeat_s)
+            if not self.registered:  # the control loop is registering right now
+                continue
+            try:
+                await self.client.register(self.proxy_id, self.registration)
+            except ControlPlaneError as exc:
+                self.connectivity.failed(exc)
+            else:
+                self.connectivity.succeeded()
+
+    async def deregister(self) -> None:
+        """Best effort, bounded: meshd may well be down."""
+        with trio.move_on_after(DEREGISTER_TIMEOUT_S) as scope:
+            try:
+                known = await self.client.deregister(self.proxy_id, timeout_s=DEREGISTER_TIMEOUT_S)
+            except ControlPlaneError as exc:
+                log.warning("could not deregister instance %s: %s", self.proxy_id, exc)
+                return
+        if scope.cancelled_caught:
+            log.warning(
+                "could not deregister instance %s within %.0f s",
+                self.proxy_id,
+                DEREGISTER_TIMEOUT_S,
+            )
+        elif known:
+            log.info("deregistered instance %s", self.proxy_id)
+        else:
+            log.info("meshd did not know instance %s: nothing to deregister", self.proxy_id)
+
+    # --- the config watch -----------------------------------------------------------------
+
+    async def control_loop(self) -> None:
+        while True:
+            await self.register()
+            try:
+                await self.watch()
+            except InstanceUnknown as exc:
+                self.registered = False
+                log.warning(
+                    "meshd does not know instance %s (it may have restarted: %s); "
+                    "registering again",
+                    self.proxy_id,
+                    exc.detail or exc,
+                )
+
+    def poll_version(self) -> str:
+        """What the next poll carries: the version served (its ACK); empty while that
+        version only comes from the saved copy, so meshd answers at once with its own
+        (confirming it, or replacing it)."""
+        applied = self.store.current.value
+        if applied is None or applied.source != "meshd":
+            return ""
+        return applied.version
+
+    async def watch(self) -> None:
+        """Long-poll until cancelled; raises :class:`InstanceUnknown` on a 404."""
+        backoff = self._new_backoff()
+        while True:
+            try:
+                result = await self.client.poll(
+                    self.proxy_id, self.poll_version(), self.settings.poll_wait_s
+                )
+            except InstanceUnknown:
+                raise
+            except ControlPlaneError as exc:
+                self.connectivity.failed(exc)
+                await trio.sleep(backoff.next_delay())
+                continue
+            self.connectivity.succeeded()
+            backoff.reset()
+            if isinstance(result, Unchanged):
+                continue
+            await self.offer(result)
+
+    async def offer(self, changed: Changed) -> None:
+        """A snapshot from meshd: apply and save it, or refuse (NACK) it."""
+        try:
+            snapshot = decode_snapshot(
+                changed.body, self.proxy_id, expected_version=changed.version
+            )
+        except InvalidSnapshot as exc:
+            await self.refuse(changed.version or exc.version, exc)
+            return
+        self._refused.reset()
+        self._last_refused = ""
+        current = self.store.current.value
+        if current is not None and current.version == snapshot.version:
+            if self.store.confirm():
+                log.info("meshd confirmed the saved config version %s", snapshot.version)
+            return
+        self.store.apply(snapshot, "meshd")
+        try:
+            await trio.to_thread.run_sync(self.store.save, snapshot)
+        except StateError as exc:
+            log.warning("%s; a restart while meshd is down would serve an older config", exc)
+        log.info("config version %s applied (%s)", snapshot.version, summary(snapshot))
+
+    async def refuse(self, version: str, exc: InvalidSnapshot) -> None:
+        """Keep the old config, tell meshd why (it will not resend that version), and
+        poll on with the old version."""
+        reason = exc.reason()
+        self.store.record_rejection(version, reason)
+        repeated = version == self._last_refused
+        if not repeated:
+            kept = self.store.version or "none"
+            log.warning(
+                "config version %s rejected, keeping version %s: %s",
+                version or "(unknown)",
+                kept,
+                reason.replace("\n", "; "),
+            )
+        self._last_refused = version
+        if version:
+            try:
+                await self.client.nack(self.proxy_id, version, reason)
+            except InstanceUnknown:
+                raise
+            except ControlPlaneError as nack_error:
+                self.connectivity.failed(nack_error)
+                repeated = True
+        if repeated or not version:
+            # meshd sends what we refused again (the NACK was lost, or no version to
+            # NACK): do not spin on it.
+            await trio.sleep(self._refused.next_delay())
+
+
+# --- the process ----------------------------------------------------------------------------
+
+
+def resolve_proxy_id(settings: Settings) -> str:
+    """``--id``, else ``<service>-<suffix>.<namespace>`` with the suffix kept in the state
+    dir (file I/O: call from a worker thread)."""
+    if settings.instance_id:
+        return settings.instance_id
+    suffix = load_or_create_id_suffix(settings.state_dir)
+    return derive_instance_id(settings.service, settings.namespace, suffix)
+
+
+async def run(settings: Settings) -> None:
+    """``mesh-sidecar run``: until SIGTERM/SIGINT."""
+    await trio.to_thread.run_sync(prepare_state_dir, settings.state_dir)
+    proxy_id = await trio.to_thread.run_sync(resolve_proxy_id, settings)
+    log.info(
+        "mesh-sidecar starting: instance %s, service %s.%s, meshd %s, state dir %s",
+        proxy_id,
+        settings.service,
+        settings.namespace,
+        settings.meshd_url,
+        settings.state_dir,
+    )
+    store = ConfigStore(settings.state_dir, proxy_id)
+    saved = await trio.to_thread.run_sync(store.read_saved)
+    if saved is not None:
+        store.apply(saved, "saved")
+        log.info("serving saved config version %s (%s)", saved.version, summary(saved))
+    else:
+        log.info("no saved config for %s: waiting for the first one from meshd", proxy_id)
+    connectivity = Connectivity(settings.meshd_url, serving=lambda: store.version)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with (
+            ControlClient(settings.meshd_url, settings.token) as client,
+            trio.open_nursery() as nursery,
+        ):
+            agent = Agent(settings, proxy_id, store, client, connectivity)
+            admin = AdminServer(
+                AdminApp(settings, proxy_id, store, connectivity),
+                settings.admin_host,
+                settings.admin_port,
+            )
+            await nursery.start(admin.serve)
+            control = trio.CancelScope()
+            nursery.start_soon(_watch_signals, signals, control, nursery.cancel_scope)
+            with control:
+                async with trio.open_nursery() as tasks:
+                    tasks.start_soon(agent.control_loop)
+                    tasks.start_soon(agent.heartbeat)
+            await agent.deregister()
+            log.info("stopping the admin server")
+            nursery.cancel_scope.cancel()
+    log.info("mesh-sidecar stopped")
+
+
+async def _watch_signals(
+    signals: AsyncIterator[int],
+    control: trio.CancelScope,
+    everything: trio.CancelScope,
+) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if not control.cancel_called:
+            log.info("received %s: stopping (deregister, then close the admin server)", name)
+            control.cancel()
+        else:
+            log.warning("received %s again: stopping now", name)
+            everything.cancel()

@@ -1,0 +1,151 @@
+"""``mesh-sidecar`` command line: ``mesh-sidecar run`` runs one sidecar.
+
+Every flag can also be set as ``MESH_<FLAG>`` (``--app-port`` -> ``MESH_APP_PORT``); a
+flag given on the command line wins. Exit status: 0 after an orderly stop (SIGTERM or
+SIGINT), 2 for invalid flags, 1 when the sidecar cannot run (state dir, admin port).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+import trio
+
+from sidecar import __version__, agent
+from sidecar.errors import ConfigError, SidecarError
+from sidecar.settings import STATE_ROOT, build_settings, env_name
+
+log = logging.getLogger("sidecar")
+
+DESCRIPTION = """\
+Run one sidecar next to one service instance. Today the sidecar is meshd's client:
+it registers the instance, keeps the newest valid config for its proxy (validated,
+ACKed or NACKed, saved to the state dir), keeps serving it while meshd is down, and
+shows its state on the admin port (127.0.0.1). The proxy listeners come next.
+"""
+
+EPILOG = f"""\
+Every flag can also be set in the environment as MESH_<FLAG>, e.g. MESH_SERVICE,
+MESH_APP_PORT, MESH_TOKEN (prefer MESH_TOKEN to --token: flags show in ps).
+
+Admin endpoints (GET): /ready, /config_dump, /stats/prometheus, /clusters.
+State dir default: {STATE_ROOT}/<service>.<namespace> (created mode 0700).
+"""
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """``env`` supplies the ``MESH_*`` defaults (``os.environ`` when None)."""
+    environ = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
+        prog="mesh-sidecar",
+        description="mesh-sidecar — the data plane of meshd, one per service instance.",
+    )
+    parser.add_argument("--version", action="version", version=f"mesh-sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="run one sidecar",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+    def opt(flag: str, help_text: str, metavar: str | None = None) -> None:
+        variable = env_name(flag)
+        run.add_argument(
+            flag,
+            default=environ.get(variable),
+            metavar=metavar,
+            help=f"{help_text} [{variable}]",
+        )
+
+    opt("--meshd", "meshd's URL (default http://127.0.0.1:15012)", "URL")
+    opt(
+        "--token",
+        "bearer token for meshd; for now an admin token with the editor role "
+        "(meshctl admin-token create --name NAME --role editor). A later release "
+        "replaces it with a one-time join token and a workload certificate",
+        "TOKEN",
+    )
+    opt("--service", "the service this instance belongs to (required)", "NAME")
+    opt("--namespace", "the service's namespace (default default)", "NS")
+    opt(
+        "--id",
+        "instance id, also the proxy id (default <service>-<8 hex>.<namespace>, the hex "
+        "chosen once and kept in the state dir)",
+        "ID",
+    )
+    opt(
+        "--address",
+        "the IP address peers reach this instance at (default 127.0.0.1)",
+        "IP",
+    )
+    opt(
+        "--app-port",
+        "the port the application listens on at 127.0.0.1; also the service port "
+        "clients name, as in http://reviews:9080 (required)",
+        "PORT",
+    )
+    opt("--inbound-port", "where peers connect to this sidecar (default 15006)", "PORT")
+    opt(
+        "--outbound-port",
+        "the local outbound listener's port, for the proxy (default 15001)",
+        "PORT",
+    )
+    opt("--admin-port", "admin server port on 127.0.0.1 (default 15000)", "PORT")
+    opt("--protocol", "the application's protocol: http, http2, grpc or tcp (default http)", "P")
+    opt("--labels", "instance labels that subsets select on, e.g. version=v1,track=a", "K=V,...")
+    opt("--service-account", "identity's service account (default: the service name)", "NAME")
+    opt("--state-dir", f"saved config and instance id (default {STATE_ROOT}/<service>.<ns>)", "DIR")
+    opt("--poll-wait", "seconds each config long-poll waits for a change (default 30)", "S")
+    opt("--log-level", "debug, info, warning or error (default info)", "LEVEL")
+    return parser
+
+
+def _sidecar_error(exc: BaseException) -> SidecarError | None:
+    """The SidecarError behind ``exc``, also inside an exception group of only those."""
+    if isinstance(exc, SidecarError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_sidecar_error(e) for e in exc.exceptions]
+        if found and all(f is not None for f in found):
+            return found[0]
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = build_settings({k: v for k, v in vars(args).items() if k != "command"})
+    except ConfigError as exc:
+        print(f"mesh-sidecar: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # httpx logs every request at INFO; the sidecar logs lifecycle events, not requests
+    # (except at debug level).
+    if settings.log_level != "debug":
+        for noisy in ("httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        trio.run(agent.run, settings)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:
+        error = _sidecar_error(exc)
+        if error is None:
+            raise
+        log.error("%s", error)
+        return 2 if isinstance(error, ConfigError) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

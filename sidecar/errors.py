@@ -1,0 +1,73 @@
+"""Typed errors of the sidecar.
+
+Every error says what failed, why, and what to do next. Foreign exceptions (httpx,
+OSError, json) are translated at the edge: ``raise ControlPlaneUnavailable(...) from exc``.
+``mesh-sidecar`` exits 2 on a :class:`ConfigError` (fix the flags) and 1 on any other
+:class:`SidecarError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class SidecarError(Exception):
+    """Base of every error the sidecar raises on purpose."""
+
+
+class ConfigError(SidecarError):
+    """A flag or ``MESH_*`` variable is missing or invalid."""
+
+
+class StateError(SidecarError):
+    """The state directory (saved config, instance id) cannot be read or written."""
+
+
+class AdminServerError(SidecarError):
+    """The admin server cannot listen (its port is taken, for one)."""
+
+
+class ControlPlaneError(SidecarError):
+    """A request to meshd failed. ``status`` is the HTTP status (None when no answer
+    came), ``detail`` meshd's explanation (the problem document's ``detail``)."""
+
+    def __init__(self, message: str, *, status: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ControlPlaneUnavailable(ControlPlaneError):
+    """meshd could not be reached or could not answer (refused, timeout, 5xx). Retrying
+    later may succeed; the sidecar keeps serving its last good config meanwhile."""
+
+
+class ControlPlaneRejected(ControlPlaneError):
+    """meshd answered with a client error (401, 403, 400, 422...): the token or the
+    instance's flags are wrong. Retrying does not help until they are fixed."""
+
+
+class InstanceUnknown(ControlPlaneError):
+    """meshd does not know this instance (404): it restarted and forgot its in-memory
+    catalog, or the instance was deregistered. Register again."""
+
+
+class InvalidSnapshot(SidecarError):
+    """A snapshot the sidecar will not serve. ``errors`` lists every problem found, most
+    important first; ``version`` is the snapshot's version when it could be told."""
+
+    def __init__(self, errors: Sequence[str], *, version: str = "") -> None:
+        self.errors = tuple(errors) or ("the snapshot is invalid",)
+        self.version = version
+        super().__init__(self.reason())
+
+    def reason(self, limit: int = 5) -> str:
+        """The first ``limit`` errors on one line each (what a NACK carries)."""
+        shown = list(self.errors[:limit])
+        if len(self.errors) > limit:
+            shown.append(f"... and {len(self.errors) - limit} more")
+        return "\n".join(shown)

@@ -1,0 +1,292 @@
+"""The sidecar's settings: one frozen dataclass built from the flags and ``MESH_*`` env.
+
+Parsing is pure (no I/O): :func:`build_settings` takes the raw strings argparse collected
+and returns :class:`Settings` or raises :class:`ConfigError` naming the flag, its
+environment variable, what is wrong and what would be right.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, cast
+from urllib.parse import urlsplit
+
+from sidecar.errors import ConfigError
+
+ENV_PREFIX = "MESH_"
+PROTOCOLS = ("http", "http2", "grpc", "tcp")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+STATE_ROOT = Path("/var/lib/mesh-sidecar")
+
+Protocol = Literal["http", "http2", "grpc", "tcp"]
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_ID_SUFFIX = re.compile(r"[0-9a-f]{8}")
+_INSTANCE_ID = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+
+
+def env_name(flag: str) -> str:
+    """``--app-port`` -> ``MESH_APP_PORT``."""
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _where(flag: str) -> str:
+    return f"{flag} (or {env_name(flag)})"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything ``mesh-sidecar run`` was told. ``instance_id`` None means "derive it"
+    (``<service>-<8 hex>.<namespace>``, the suffix kept in the state dir)."""
+
+    meshd_url: str
+    token: str
+    service: str
+    namespace: str
+    instance_id: str | None
+    address: str
+    app_port: int
+    inbound_port: int
+    outbound_port: int
+    admin_port: int
+    protocol: Protocol
+    labels: tuple[tuple[str, str], ...]
+    service_account: str
+    state_dir: Path
+    poll_wait_s: float
+    log_level: str = "info"
+
+    @property
+    def admin_host(self) -> str:
+        return "127.0.0.1"
+
+
+# --- single values ----------------------------------------------------------------------
+
+
+def parse_port(flag: str, text: str) -> int:
+    value = text.strip()
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise ConfigError(f"{_where(flag)}: {text!r} is not a port number (1-65535)")
+    return int(value)
+
+
+def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
+    """``version=v1,track=stable`` -> sorted pairs. Keys and values follow Kubernetes'
+    label syntax (subsets select on them, and rules copied from Kubernetes must match)."""
+    if not text.strip():
+        return ()
+    labels: dict[str, str] = {}
+    for i, raw_item in enumerate(text.split(",")):
+        item = raw_item.strip()
+        if not item:
+            raise ConfigError(
+                f"{_where('--labels')}: label {i + 1} is empty; write k=v pairs separated "
+                "by single commas, e.g. version=v1,track=stable"
+            )
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep:
+            raise ConfigError(f"{_where('--labels')}: {item!r} has no '='; write it as key=value")
+        _check_label_key(key)
+        if value and (len(value) > 63 or not _LABEL_NAME.fullmatch(value)):
+            raise ConfigError(
+                f"{_where('--labels')}: the value of {key!r}, {value!r}, is not a valid label "
+                "value: at most 63 letters, digits, '-', '_' or '.', starting and ending "
+                "with a letter or digit"
+            )
+        if key in labels:
+            raise ConfigError(f"{_where('--labels')}: {key!r} is given twice")
+        labels[key] = value
+    return tuple(sorted(labels.items()))
+
+
+def _check_label_key(key: str) -> None:
+    prefix, slash, name = key.rpartition("/")
+    if slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        raise ConfigError(
+            f"{_where('--labels')}: the prefix of {key!r} must be a lowercase DNS name "
+            "(e.g. app.example.com/tier)"
+        )
+    if not name or len(name) > 63 or not _LABEL_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{_where('--labels')}: {key!r} is not a valid label key: at most 63 letters, "
+            "digits, '-', '_' or '.', starting and ending with a letter or digit, "
+            "optionally after a DNS prefix and '/'"
+        )
+
+
+def parse_meshd_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{_where('--meshd')}: {text!r} is not an http(s) URL; "
+            "e.g. http://127.0.0.1:15012 or https://meshd.example.com:15012"
+        )
+    try:
+        parts.port  # noqa: B018 — raises ValueError for a bad port
+    except ValueError as exc:
+        raise ConfigError(f"{_where('--meshd')}: {text!r} has an invalid port") from exc
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(
+            f"{_where('--meshd')}: {text!r} must not carry credentials, a query or a "
+            "fragment; pass the token with --token"
+        )
+    return text.strip().rstrip("/")
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def default_state_dir(service: str, namespace: str) -> Path:
+    """One directory per service and namespace; run two instances of one service on one
+    host with a ``--state-dir`` each."""
+    return STATE_ROOT / f"{service}.{namespace}"
+
+
+def new_id_suffix() -> str:
+    return secrets.token_hex(4)
+
+
+def is_id_suffix(text: str) -> bool:
+    return _ID_SUFFIX.fullmatch(text) is not None
+
+
+def derive_instance_id(service: str, namespace: str, suffix: str) -> str:
+    """``reviews`` in ``default`` with suffix ``0a1b2c3d`` -> ``reviews-0a1b2c3d.default``."""
+    if not is_id_suffix(suffix):
+        raise ValueError(f"instance id suffix {suffix!r} is not 8 lowercase hex digits")
+    return f"{service}-{suffix}.{namespace}"
+
+
+# --- the whole set ----------------------------------------------------------------------
+
+
+def build_settings(raw: Mapping[str, str | None]) -> Settings:
+    """``raw`` maps argparse dests (``app_port``) to the strings given (flag, else env,
+    else default). Raises :class:`ConfigError` on the first problem."""
+
+    def text(dest: str) -> str:
+        return (raw.get(dest) or "").strip()
+
+    service = text("service")
+    if not service:
+        raise ConfigError(f"{_where('--service')} is required: the name of this service")
+    if len(service) > 63 or not _DNS_LABEL.fullmatch(service):
+        raise ConfigError(
+            f"{_where('--service')}: {service!r} is not a valid service name: lowercase "
+            "letters, digits and '-', starting and ending with a letter or digit (at most 63)"
+        )
+    namespace = text("namespace") or "default"
+    if len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace):
+        raise ConfigError(
+            f"{_where('--namespace')}: {namespace!r} is not a valid namespace: lowercase "
+            "letters, digits and '-', starting and ending with a letter or digit (at most 63)"
+        )
+    if not text("app_port"):
+        raise ConfigError(
+            f"{_where('--app-port')} is required: the port the application listens on "
+            "at 127.0.0.1 (also the service port clients name)"
+        )
+    token = text("token")
+    if not token:
+        raise ConfigError(
+            f"{_where('--token')} is required: an admin token with the editor role "
+            "(meshctl admin-token create --name <service> --role editor)"
+        )
+    meshd_url = parse_meshd_url(text("meshd") or "http://127.0.0.1:15012")
+    split = urlsplit(meshd_url)
+    if split.scheme == "http" and not is_loopback_host(split.hostname or ""):
+        raise ConfigError(
+            f"{_where('--meshd')}: {meshd_url} is plain HTTP to a non-loopback host; the "
+            "token must not cross the network in cleartext: use https://"
+        )
+    instance_id = text("id") or None
+    if instance_id is not None and (
+        len(instance_id) > 253 or not _INSTANCE_ID.fullmatch(instance_id)
+    ):
+        raise ConfigError(
+            f"{_where('--id')}: {instance_id!r} is not a valid instance id: lowercase "
+            "letters, digits, '-' and '.', e.g. reviews-1.default"
+        )
+    address = text("address") or "127.0.0.1"
+    try:
+        address = str(ipaddress.ip_address(address))
+    except ValueError as exc:
+        raise ConfigError(
+            f"{_where('--address')}: {address!r} is not an IP address; give the address "
+            "peers reach this instance at (e.g. 198.18.0.5)"
+        ) from exc
+    ports = {
+        flag: parse_port(flag, text(flag.lstrip("-").replace("-", "_")) or default)
+        for flag, default in (
+            ("--app-port", ""),
+            ("--inbound-port", "15006"),
+            ("--outbound-port", "15001"),
+            ("--admin-port", "15000"),
+        )
+    }
+    seen: dict[int, str] = {}
+    for flag, port in ports.items():
+        if port in seen:
+            raise ConfigError(
+                f"{flag} and {seen[port]} are both {port}; every port must be different"
+            )
+        seen[port] = flag
+    protocol = text("protocol") or "http"
+    if protocol not in PROTOCOLS:
+        raise ConfigError(
+            f"{_where('--protocol')}: {protocol!r} is not one of {', '.join(PROTOCOLS)}"
+        )
+    service_account = text("service_account")
+    if service_account and (
+        len(service_account) > 253 or not _DNS_SUBDOMAIN.fullmatch(service_account)
+    ):
+        raise ConfigError(
+            f"{_where('--service-account')}: {service_account!r} is not a valid name: "
+            "lowercase letters, digits, '-' and '.'"
+        )
+    wait_text = text("poll_wait") or "30"
+    try:
+        poll_wait = float(wait_text)
+    except ValueError:
+        poll_wait = -1.0
+    if not 0.1 <= poll_wait <= 300:
+        raise ConfigError(
+            f"{_where('--poll-wait')}: {wait_text!r} is not a number of seconds between 0.1 and 300"
+        )
+    log_level = (text("log_level") or "info").lower()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"{_where('--log-level')}: {log_level!r} is not one of {LOG_LEVELS}")
+    state_dir = Path(text("state_dir")) if text("state_dir") else None
+    return Settings(
+        meshd_url=meshd_url,
+        token=token,
+        service=service,
+        namespace=namespace,
+        instance_id=instance_id,
+        address=address,
+        app_port=ports["--app-port"],
+        inbound_port=ports["--inbound-port"],
+        outbound_port=ports["--outbound-port"],
+        admin_port=ports["--admin-port"],
+        protocol=cast(Protocol, protocol),
+        labels=parse_labels(text("labels")),
+        service_account=service_account,
+        state_dir=state_dir or default_state_dir(service, namespace),
+        poll_wait_s=poll_wait,
+        log_level=log_level,
+    )

@@ -1,0 +1,399 @@
+"""The agent's protocol logic against a scripted meshd (httpx.MockTransport): apply and
+ACK, NACK and keep the old config, re-register on 404, ride out an unreachable meshd,
+confirm a saved config, heartbeat, deregister; and the backoff it paces retries with."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from meshd.compile import codec
+from sidecar.agent import Agent
+from sidecar.config_store import SNAPSHOT_FILE, ConfigStore
+from sidecar.control_client import Backoff, Connectivity, ControlClient
+from tests.sidecar.support import (
+    PROXY,
+    dangling_route_snapshot,
+    encode,
+    make_settings,
+    make_snapshot,
+)
+
+MESHD = "http://meshd.test"
+Reply = httpx.Response | Exception
+
+
+def snapshot_reply(body: bytes, version: str) -> httpx.Response:
+    return httpx.Response(200, content=body, headers={"X-Mesh-Version": version})
+
+
+def problem(status: int, detail: str) -> httpx.Response:
+    return httpx.Response(status, json={"status": status, "detail": detail})
+
+
+def refused() -> httpx.ConnectError:
+    return httpx.ConnectError("[Errno 111] Connection refused")
+
+
+@dataclass
+class FakeMeshd:
+    """Answers polls from ``polls_script`` in order (then hangs, as a long poll with
+    nothing new does) and registrations from ``register_script`` (then 200)."""
+
+    polls_script: list[Reply] = field(default_factory=list)
+    register_script: list[Reply] = field(default_factory=list)
+    delete_reply: Reply = field(default_factory=lambda: httpx.Response(204))
+    polls: list[str] = field(default_factory=list)
+    registrations: list[dict[str, object]] = field(default_factory=list)
+    nacks: list[dict[str, object]] = field(default_factory=list)
+    deletes: int = 0
+    _tick: trio.Event | None = None
+
+    async def next_request(self) -> None:
+        """Wait until the next request has been recorded."""
+        if self._tick is None:
+            self._tick = trio.Event()
+        await self._tick.wait()
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self._answer(request)
+        finally:
+            self._notify()
+
+    def _notify(self) -> None:
+        tick = self._tick
+        self._tick = None
+        if tick is not None:
+            tick.set()
+
+    async def _answer(self, request: httpx.Request) -> httpx.Response:
+        assert request.headers["Authorization"] == "Bearer tok"
+        path = request.url.path
+        reply: Reply
+        if request.method == "PUT" and path == f"/v1/instances/{PROXY}":
+            self.registrations.append(json.loads(request.content))
+            reply = self.register_script.pop(0) if self.register_script else httpx.Response(200)
+        elif request.method == "GET" and path == f"/v1/xds/{PROXY}":
+            self.polls.append(request.url.params["version"])
+            if not self.polls_script:
+                self._notify()  # recorded: tell the test before hanging
+                await trio.sleep_forever()
+            reply = self.polls_script.pop(0)
+        elif request.method == "POST" and path == f"/v1/xds/{PROXY}/ack":
+            self.nacks.append(json.loads(request.content))
+            reply = httpx.Response(204)
+        elif request.method == "DELETE" and path == f"/v1/instances/{PROXY}":
+            self.deletes += 1
+            reply = self.delete_reply
+        else:
+            reply = problem(418, f"unexpected {request.method} {path}")
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+class CountingBackoff(Backoff):
+    made: list[CountingBackoff] = []  # noqa: RUF012 — a test registry of instances
+
+    def __init__(self) -> None:
+        super().__init__(initial=0.001, maximum=0.004)
+        self.delays = 0
+        CountingBackoff.made.append(self)
+
+    def next_delay(self) -> float:
+        self.delays += 1
+        return super().next_delay()
+
+
+def drive(
+    tmp_path: Path,
+    fake: FakeMeshd,
+    until: Callable[[], bool],
+    *,
+    store: ConfigStore | None = None,
+    task: str = "control_loop",
+    heartbeat_s: float = 30.0,
+    registered: bool = False,
+) -> Agent:
+    """Run one of the agent's tasks against ``fake`` until ``until()`` holds (or fail
+    after a deadline), then cancel it."""
+    settings = make_settings(tmp_path, poll_wait="1", labels="version=v1")
+    store = store or ConfigStore(tmp_path, PROXY)
+    agent_box: list[Agent] = []
+
+    async def main() -> None:
+        transport = httpx.MockTransport(fake)
+        async with ControlClient(MESHD, "tok", transport=transport) as client:
+            agent = Agent(
+                settings,
+                PROXY,
+                store,
+                client,
+                Connectivity(MESHD, serving=lambda: store.version),
+                heartbeat_s=heartbeat_s,
+                backoff=CountingBackoff,
+            )
+            agent.registered = registered
+            agent_box.append(agent)
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(getattr(agent, task))
+                    while not until():
+                        await fake.next_request()
+                    nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return agent_box[0]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_backoffs_and_info_logs(caplog: pytest.LogCaptureFixture) -> None:
+    CountingBackoff.made.clear()
+    caplog.set_level(logging.INFO, logger="sidecar")
+
+
+def test_a_valid_config_is_applied_saved_and_acked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    snap = make_snapshot("v1")
+    fake = FakeMeshd(polls_script=[snapshot_reply(encode(snap), "v1")])
+    agent = drive(tmp_path, fake, lambda: len(fake.polls) == 2)
+    assert fake.polls == ["", "v1"]  # the second poll carries v1: the ACK
+    assert fake.nacks == []
+    assert fake.registrations == [
+        {
+            "service": "reviews",
+            "namespace": "default",
+            "address": "127.0.0.1",
+            "port": 15006,
+            "appPort": 9080,
+            "protocol": "http",
+            "labels": {"version": "v1"},
+            "serviceAccount": "",
+            "meshed": True,
+        }
+    ]
+    applied = agent.store.current.value
+    assert applied is not None
+    assert (applied.snapshot, applied.source) == (snap, "meshd")
+    assert agent.store.updates_total == 1
+    assert (tmp_path / SNAPSHOT_FILE).read_bytes() == codec.dumps(snap)
+    assert agent.connectivity.connected
+    assert "config version v1 applied (1 virtual hosts, 1 clusters)" in caplog.text
+    assert caplog.text.count("registered instance") == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (encode(dangling_route_snapshot("v2")), "cluster 'outbound|9080||reviews"),
+        (encode(make_snapshot("v2", proxy_id="ratings-1.default")), "is not this proxy"),
+        (
+            json.dumps({**codec.to_plain(make_snapshot("v2")), "schema": 99}).encode(),
+            "schema: 99 is not supported",
+        ),
+        (b"<html>proxy error</html>", "not JSON"),
+    ],
+)
+def test_an_invalid_config_is_nacked_and_the_old_one_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, body: bytes, reason: str
+) -> None:
+    store = ConfigStore(tmp_path, PROXY)
+    store.apply(make_snapshot("v1"))
+    fake = FakeMeshd(polls_script=[snapshot_reply(body, "v2")])
+    agent = drive(tmp_path, fake, lambda: len(fake.polls) == 2, store=store)
+    assert fake.polls == ["v1", "v1"]  # polls on with the old version
+    assert len(fake.nacks) == 1
+    assert fake.nacks[0]["version"] == "v2"
+    assert reason in str(fake.nacks[0]["error"])
+    assert agent.store.version == "v1"
+    assert agent.store.rejections_total == 1
+    assert agent.store.last_rejection is not None
+    assert agent.store.last_rejection.version == "v2"
+    assert not (tmp_path / SNAPSHOT_FILE).exists()
+    assert "config version v2 rejected, keeping version v1" in caplog.text
+
+
+def test_a_version_refused_again_is_not_spun_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = snapshot_reply(encode(dangling_route_snapshot("v2")), "v2")
+    fake = FakeMeshd(polls_script=[bad, bad, bad])
+    agent = drive(tmp_path, fake, lambda: len(fake.polls) == 4)
+    assert fake.polls == ["", "", "", ""]
+    assert [n["version"] for n in fake.nacks] == ["v2", "v2", "v2"]
+    assert agent.store.current.value is None
+    assert caplog.text.count("rejected, keeping version none") == 1  # logged once
+    assert sum(b.delays for b in CountingBackoff.made) >= 2  # the repeats were paced
+
+
+def test_a_404_registers_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeMeshd(
+        polls_script=[
+            problem(404, "proxy 'x' is not known: register its instance first"),
+            snapshot_reply(encode(make_snapshot("v1")), "v1"),
+        ]
+    )
+    agent = drive(tmp_path, fake, lambda: len(fake.polls) == 3)
+    assert len(fake.registrations) == 2
+    assert fake.polls == ["", "", "v1"]
+    assert agent.store.version == "v1"
+    assert "does not know instance reviews-0a1b2c3d.default" in caplog.text
+    assert caplog.text.count("registered instance") == 2
+
+
+def test_an_unreachable_meshd_leaves_the_config_in_place(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ConfigStore(tmp_path, PROXY)
+    store.apply(make_snapshot("v1"))
+    fake = FakeMeshd(
+        polls_script=[refused(), refused(), problem(503, "shutting down"), httpx.Response(304)]
+    )
+    agent = drive(tmp_path, fake, lambda: len(fake.polls) == 5, store=store)
+    assert fake.polls == ["v1"] * 5
+    assert agent.store.version == "v1"
+    assert agent.connectivity.connected
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    # one line when it went down, one when it failed differently (503); none per retry
+    assert len(warnings) == 2, [r.getMessage() for r in warnings]
+    assert "is unreachable" in warnings[0].getMessage()
+    assert "serving config version v1" in warnings[0].getMessage()
+    assert caplog.text.count("answers again") == 1
+
+
+def test_a_saved_config_is_confirmed_by_meshd(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ConfigStore(tmp_path, PROXY)
+    snap = make_snapshot("v1")
+    store.apply(snap, "saved")
+    fake = FakeMeshd(polls_script=[snapshot_reply(encode(snap), "v1")])
+    agent = drive(tmp_path, fake, lambda: len(fake.polls) == 2, store=store)
+    assert fake.polls == ["", "v1"]  # asks for meshd's current version, then ACKs it
+    applied = agent.store.current.value
+    assert applied is not None
+    assert applied.source == "meshd"
+    assert agent.store.updates_total == 0
+    assert "meshd confirmed the saved config version v1" in caplog.text
+
+
+def test_a_saved_config_is_replaced_by_a_newer_one(tmp_path: Path) -> None:
+    store = ConfigStore(tmp_path, PROXY)
+    store.apply(make_snapshot("v1"), "saved")
+    fake = FakeMeshd(polls_script=[snapshot_reply(encode(make_snapshot("v2")), "v2")])
+    agent = drive(tmp_path, fake, lambda: len(fake.polls) == 2, store=store)
+    assert fake.polls == ["", "v2"]
+    assert agent.store.version == "v2"
+
+
+def test_registration_retries_until_meshd_accepts_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeMeshd(
+        register_script=[
+            refused(),
+            refused(),
+            problem(401, "missing or invalid bearer token"),
+            problem(401, "missing or invalid bearer token"),
+        ]
+    )
+    agent = drive(tmp_path, fake, lambda: len(fake.polls) == 1)
+    assert len(fake.registrations) == 5
+    assert agent.registered
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings
+    assert "unreachable" in warnings[0]
+    assert "no config yet" in warnings[0]
+    assert "401 missing or invalid bearer token; check --token" in warnings[1]
+    assert caplog.text.count("registered instance") == 1
+
+
+def test_heartbeat_registers_again_periodically(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeMeshd(register_script=[refused(), httpx.Response(200)])
+    agent = drive(
+        tmp_path,
+        fake,
+        lambda: len(fake.registrations) >= 3,
+        task="heartbeat",
+        heartbeat_s=0.001,
+        registered=True,
+    )
+    assert agent.connectivity.connected  # the third came after the second succeeded
+    assert caplog.text.count("is unreachable") == 1
+    assert caplog.text.count("answers now") == 1
+
+
+def test_heartbeat_waits_while_unregistered(tmp_path: Path) -> None:
+    """Registering is the control loop's job until it has succeeded once."""
+    fake = FakeMeshd()
+    settings = make_settings(tmp_path)
+
+    async def main() -> None:
+        async with ControlClient(MESHD, "tok", transport=httpx.MockTransport(fake)) as client:
+            agent = Agent(
+                settings, PROXY, ConfigStore(tmp_path, PROXY), client, Connectivity(MESHD),
+                heartbeat_s=0.001,
+            )  # fmt: skip
+            with trio.move_on_after(0.05):
+                await agent.heartbeat()
+            assert fake.registrations == []
+            agent.registered = True
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(agent.heartbeat)
+                    await fake.next_request()
+                    nursery.cancel_scope.cancel()
+            assert len(fake.registrations) == 1
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize(
+    ("reply", "logged"),
+    [
+        (httpx.Response(204), "deregistered instance reviews-0a1b2c3d.default"),
+        (problem(404, "no instance"), "nothing to deregister"),
+        (refused(), "could not deregister instance"),
+    ],
+)
+def test_deregister_is_best_effort(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, reply: Reply, logged: str
+) -> None:
+    fake = FakeMeshd(delete_reply=reply)
+    settings = make_settings(tmp_path)
+
+    async def main() -> None:
+        async with ControlClient(MESHD, "tok", transport=httpx.MockTransport(fake)) as client:
+            agent = Agent(
+                settings, PROXY, ConfigStore(tmp_path, PROXY), client, Connectivity(MESHD)
+            )
+            await agent.deregister()
+
+    trio.run(main)
+    assert fake.deletes == 1
+    assert logged in caplog.text
+
+
+def test_backoff_grows_with_jitter_and_resets() -> None:
+    backoff = Backoff(initial=0.2, maximum=5.0, rng=random.Random(7))
+    delays = [backoff.next_delay() for _ in range(12)]
+    ceilings = [min(5.0, 0.2 * 2**i) for i in range(12)]
+    for delay, ceiling in zip(delays, ceilings, strict=True):
+        assert ceiling / 2 <= delay <= ceiling
+    assert max(delays) <= 5.0
+    backoff.reset()
+    assert backoff.next_delay() <= 0.2
+    big = Backoff(initial=1.0, maximum=3.0, attempt=10_000)
+    assert 1.5 <= big.next_delay() <= 3.0

@@ -1,0 +1,45 @@
+"""The sidecar never imports pydantic or FastAPI (DESIGN.md): it reads snapshots into
+frozen dataclasses with the codec, not with meshd's models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.support.processes import REPO_ROOT
+
+FORBIDDEN = ("pydantic", "fastapi", "starlette", "uvicorn")
+
+
+def test_sidecar_imports_no_pydantic_or_fastapi() -> None:
+    code = (
+        "import json, sys\n"
+        "import sidecar.cli, sidecar.agent, sidecar.admin, sidecar.config_store\n"
+        "import sidecar.control_client, sidecar.settings, sidecar.errors\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    modules = json.loads(done.stdout)
+    leaked = [m for m in modules if m.split(".")[0] in FORBIDDEN]
+    assert leaked == [], f"the sidecar pulled in {leaked}"
+    from_meshd = {m for m in modules if m.split(".")[0] == "meshd"}
+    allowed = {
+        "meshd",
+        "meshd.compile",
+        "meshd.compile.snapshot",
+        "meshd.compile.codec",
+        "meshd.compile.check",
+        "meshd.schema",
+        "meshd.schema.hosts",
+    }
+    assert from_meshd <= allowed, f"unexpected meshd modules: {sorted(from_meshd - allowed)}"
+    assert "sidecar.cli" in modules
