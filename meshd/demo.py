@@ -1,54 +1,113 @@
-"""``make run``: meshd on the embedded defaults with a small bookinfo-shaped mesh.
+"""``make run``: a demo mesh on one machine, on the embedded defaults.
 
-Starts ``meshd serve`` on 127.0.0.1:15012 with its data in ``.run/meshd``, registers
-the demo's instances, applies Istio's bookinfo ``reviews`` rules, and prints what to
-try next. Ctrl-C stops everything.
+Starts ``meshd serve`` on 127.0.0.1:15012 (data in ``.run/meshd``) and one
+``mesh-sidecar run`` per instance of a small bookinfo-shaped mesh (productpage,
+details, ratings, reviews v1/v2/v3), applies Istio's bookinfo ``reviews`` rules,
+waits until every sidecar has ACKed its config, and prints what to try next.
+Ctrl-C stops everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import IO
 
 import httpx
 
-DEMO_TOKEN_FILE = "admin.token"  # noqa: S105 — a file name
-INSTANCES = [
-    # (id, service, version, app port)
-    ("productpage-1.default", "productpage", "v1", 9080),
-    ("details-1.default", "details", "v1", 9080),
-    ("ratings-1.default", "ratings", "v1", 9080),
-    ("reviews-v1.default", "reviews", "v1", 9080),
-    ("reviews-v2.default", "reviews", "v2", 9080),
-    ("reviews-v3.default", "reviews", "v3", 9080),
-]
+TOKEN_FILE = "admin.token"  # noqa: S105 — a file name
+
+
+@dataclass(frozen=True, slots=True)
+class DemoInstance:
+    id: str
+    service: str
+    version: str
+    app_port: int
+
+
+INSTANCES = (
+    DemoInstance("productpage-1.default", "productpage", "v1", 9080),
+    DemoInstance("details-1.default", "details", "v1", 9080),
+    DemoInstance("ratings-1.default", "ratings", "v1", 9080),
+    DemoInstance("reviews-v1.default", "reviews", "v1", 9080),
+    DemoInstance("reviews-v2.default", "reviews", "v2", 9080),
+    DemoInstance("reviews-v3.default", "reviews", "v3", 9080),
+)
+SIDECAR_BASE_PORT = 16000  # inbound 16000+10i, outbound +1, admin +2
 
 
 def step(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-def wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
+class Processes:
+    """Children started by the demo, stopped in reverse order whatever happens."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self._children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._children.append((name, proc, log))
+        return proc
+
+    def check(self) -> None:
+        for name, proc, _ in self._children:
+            if proc.poll() is not None:
+                log = self.log_dir / f"{name}.log"
+                sys.exit(f"{name} exited with status {proc.returncode}; see {log}:\n"
+                         + log.read_text()[-2000:])  # fmt: skip
+
+    def stop_all(self) -> None:
+        for _, proc, _ in reversed(self._children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _, proc, log in reversed(self._children):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+def wait_until(what: str, check: Processes, ready: Iterator[bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    for ok in ready:
+        if ok:
+            return
+        check.check()
+        if time.monotonic() > deadline:
             sys.exit(
-                f"meshd exited with status {proc.returncode}; its log is {log}:\n"
-                + log.read_text()[-2000:]
+                f"gave up waiting for {what} after {timeout:.0f} s; logs are in {check.log_dir}"
             )
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
         time.sleep(0.2)
-    sys.exit(f"meshd did not become ready within 30 s; its log is {log}")
+
+
+def probe(client: httpx.Client, path: str) -> Iterator[bool]:
+    while True:
+        try:
+            yield client.get(path).status_code == 200
+        except httpx.TransportError:
+            yield False
+
+
+def all_synced(api: httpx.Client) -> Iterator[bool]:
+    while True:
+        items = api.get("/v1/proxies").json()["items"]
+        yield len(items) == len(INSTANCES) and all(p["state"] == "SYNCED" for p in items)
 
 
 def main() -> int:
@@ -57,51 +116,39 @@ def main() -> int:
     )
     parser.add_argument("--listen", default="127.0.0.1:15012")
     parser.add_argument("--data-dir", default=".run/meshd")
-    parser.add_argument(
-        "--no-wait", action="store_true", help="set up the demo, then stop (for tests)"
-    )
+    parser.add_argument("--sidecar-base-port", type=int, default=SIDECAR_BASE_PORT)
+    parser.add_argument("--no-wait", action="store_true", help="set up, then stop (for tests)")
     args = parser.parse_args()
 
     data_dir = Path(args.data_dir).resolve()
+    run_dir = data_dir.parent
     data_dir.mkdir(parents=True, exist_ok=True)
-    log = data_dir / "meshd.log"
     url = f"http://{args.listen}"
-    step(f"starting meshd on {url} (data in {data_dir}, log in {log})")
-    with log.open("ab") as log_file:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "meshd.cli",
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--listen",
-                args.listen,
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    procs = Processes(run_dir)
     try:
+        step(f"starting meshd on {url} (data in {data_dir}, logs in {run_dir})")
+        procs.start("meshd", [sys.executable, "-m", "meshd.cli", "serve",
+                              "--data-dir", str(data_dir), "--listen", args.listen])  # fmt: skip
         with httpx.Client(base_url=url, timeout=10) as anon:
-            wait_ready(anon, proc, log)
-        token = (data_dir / DEMO_TOKEN_FILE).read_text().strip()
-        with httpx.Client(
-            base_url=url, timeout=10, headers={"Authorization": f"Bearer {token}"}
-        ) as api:
+            wait_until("meshd to be ready", procs, probe(anon, "/readyz"))
+        token = (data_dir / TOKEN_FILE).read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=url, timeout=10, headers=auth) as api:
             step(
-                f"registering {len(INSTANCES)} demo instances "
+                f"starting {len(INSTANCES)} sidecars "
                 "(productpage, details, ratings, reviews v1/v2/v3)"
             )
-            for port_offset, (iid, service, version, app_port) in enumerate(INSTANCES):
-                body = {
-                    "service": service,
-                    "address": "127.0.0.1",
-                    "port": 16000 + port_offset,
-                    "appPort": app_port,
-                    "labels": {"app": service, "version": version},
-                }
-                api.put(f"/v1/instances/{iid}", json=body).raise_for_status()
+            for i, inst in enumerate(INSTANCES):
+                base = args.sidecar_base_port + 10 * i
+                procs.start(f"sidecar-{inst.id}", [
+                    sys.executable, "-m", "sidecar.cli", "run",
+                    "--meshd", url, "--token", token, "--id", inst.id,
+                    "--service", inst.service, "--app-port", str(inst.app_port),
+                    "--labels", f"app={inst.service},version={inst.version}",
+                    "--inbound-port", str(base), "--outbound-port", str(base + 1),
+                    "--admin-port", str(base + 2),
+                    "--state-dir", str(run_dir / "sidecars" / inst.id),
+                ])  # fmt: skip
             step("applying Istio's bookinfo reviews rules (DestinationRule + VirtualService)")
             rules = resources.files("meshd.demo_data").joinpath("bookinfo.yaml").read_bytes()
             reply = api.post(
@@ -110,18 +157,33 @@ def main() -> int:
             reply.raise_for_status()
             for r in reply.json()["results"]:
                 print(f"    {r['kind']} {r['namespace']}/{r['name']}: {r['outcome']}")
+            step("waiting until every sidecar has ACKed its config")
+            wait_until("every sidecar to be SYNCED", procs, all_synced(api))
+            for p in api.get("/v1/proxies").json()["items"]:
+                print(f"    {p['proxy']:<24} {p['state']:<8} {p['version']}")
+        admin = args.sidecar_base_port + 2
         print(
             f"""
-meshd is running. In another shell:
+The mesh is up: meshd at {url}, {len(INSTANCES)} sidecars. In another shell:
 
-  export MESHD_ADDR={url} MESHD_TOKEN=$(cat {data_dir / DEMO_TOKEN_FILE})
-  .venv/bin/meshctl get virtualservices           # the rules you just applied
-  .venv/bin/meshctl proxy-status                  # every proxy and its config version
-  .venv/bin/meshctl proxy-config productpage-1.default   # what productpage's sidecar would run
-  .venv/bin/meshctl apply -f - <<< '{{"apiVersion":"networking.istio.io/v1","kind":"VirtualService",
-      "metadata":{{"name":"bad"}},"spec":{{"hosts":["ratings"],"http":[{{"route":[
-      {{"destination":{{"host":"ratings"}},"weight":90}},{{"destination":{{"host":"details"}}}}]}}]}}}}'
-                                                  # rejected: weights sum to 90
+  export MESHD_ADDR={url} MESHD_TOKEN=$(cat {data_dir / TOKEN_FILE})
+  .venv/bin/meshctl get virtualservices                  # the rules you just applied
+  .venv/bin/meshctl proxy-status                         # every sidecar is SYNCED
+  .venv/bin/meshctl proxy-config productpage-1.default   # what productpage's sidecar runs
+  curl -s 127.0.0.1:{admin}/config_dump | head -c 300       # the same, from the sidecar
+  .venv/bin/meshctl apply -f - <<'EOF'                   # shift reviews to 50/50
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {{destination: {{host: reviews, subset: v1}}, weight: 50}}
+    - {{destination: {{host: reviews, subset: v3}}, weight: 40}}
+EOF
+  # ...rejected: "spec.http[0].route: weights sum to 90". Make it 50/50 and apply again,
+  # then watch proxy-status move every sidecar to the new version.
 
 Ctrl-C stops the demo.""",
             flush=True,
@@ -135,12 +197,9 @@ Ctrl-C stops the demo.""",
     except KeyboardInterrupt:
         return 0
     finally:
-        step("stopping meshd")
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        step("stopping the sidecars and meshd")
+        with contextlib.suppress(KeyboardInterrupt):
+            procs.stop_all()
 
 
 if __name__ == "__main__":
