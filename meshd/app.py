@@ -14,6 +14,7 @@ from meshd import __version__
 from meshd.admin_tokens import AdminTokens
 from meshd.api import admin, health, problems, proxies, registry, resources
 from meshd.api.deps import Services
+from meshd.api.xds_poll import XdsPollMiddleware
 from meshd.config import Settings
 from meshd.control import ControlPlane
 from meshd.metrics import Metrics
@@ -62,6 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
                 log.info("control loop started")
                 yield
                 log.info("stopping the control loop")
+                control.hub.close()
                 tg.cancel_scope.cancel()
         finally:
             await store.aclose()
@@ -74,6 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    app.add_middleware(XdsPollMiddleware)
     for router in (health.router, resources.router, proxies.router, registry.router, admin.router):
         app.include_router(router)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import uvicorn
 
@@ -31,6 +32,16 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     )
 
 
+class MeshdServer(uvicorn.Server):
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn waits for open requests before the app's shutdown runs; answer the
+        # parked config polls first, or every connected proxy delays the exit.
+        mesh = getattr(getattr(self.config.app, "state", None), "mesh", None)
+        if mesh is not None:
+            mesh.control.hub.close()
+        await super().shutdown(sockets)
+
+
 def serve(settings: Settings) -> None:
     log.info(
         "meshd starting: listen %s, store %s, registry %s, data dir %s",
@@ -39,5 +50,5 @@ def serve(settings: Settings) -> None:
         settings.registry,
         settings.data_dir,
     )
-    uvicorn.Server(uvicorn_config(settings)).run()
+    MeshdServer(uvicorn_config(settings)).run()
     log.info("meshd stopped")

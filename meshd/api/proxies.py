@@ -1,10 +1,11 @@
-"""Config distribution (``/v1/xds``) and proxy status (``/v1/proxies``)."""
+"""NACKs (``/v1/xds/{proxy}/ack``) and proxy status (``/v1/proxies``). The config
+long-poll itself is ``meshd.api.xds_poll``."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel
 
@@ -13,31 +14,6 @@ from meshd.compile import codec
 from meshd.errors import NotFound
 
 router = APIRouter(prefix="/v1", tags=["proxies"])
-VERSION_HEADER = "X-Mesh-Version"
-
-
-@router.get("/xds/{proxy}")
-async def poll(
-    svc: Svc,
-    _who: Viewer,
-    proxy: str,
-    version: Annotated[
-        str, Query(description="the version the proxy runs; polling with it ACKs it")
-    ] = "",
-    wait: Annotated[float, Query(ge=0, description="seconds to wait for a change")] = 30.0,
-) -> Response:
-    """The proxy's snapshot when it differs from ``version``; else 304 after ``wait``."""
-    wait = min(wait, svc.settings.poll_wait_max_s)
-    registered = svc.catalog.get(proxy) is not None
-    found = await svc.control.hub.poll(proxy, version, wait, registered=registered)
-    if found is None:
-        return Response(status_code=304, headers={VERSION_HEADER: version})
-    new_version, body = found
-    return Response(
-        content=body,
-        media_type="application/json",
-        headers={VERSION_HEADER: new_version, "ETag": f'"{new_version}"'},
-    )
 
 
 class AckBody(BaseModel):

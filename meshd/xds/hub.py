@@ -18,16 +18,17 @@ from typing import Any
 
 import anyio
 
+from meshd.compile import codec
 from meshd.compile.snapshot import ProxySnapshot
 from meshd.errors import NotFound
-from meshd.xds.encode import SnapshotEncoder
+from meshd.xds.encode import Encoded
 
 
 @dataclass(slots=True)
 class ProxyState:
     proxy_id: str
     snapshot: ProxySnapshot | None = None
-    body: bytes | None = None
+    document: Encoded | None = None
     published_at: float = 0.0
     changed: anyio.Event | None = None
     gone: bool = False
@@ -74,7 +75,7 @@ class XdsHub:
 
     def __init__(self, on_ack: AckObserver | None = None, connected_grace_s: float = 90.0) -> None:
         self._proxies: dict[str, ProxyState] = {}
-        self._encoder = SnapshotEncoder()
+        self._closing = False
         self._on_ack = on_ack
         self._grace = connected_grace_s
 
@@ -85,10 +86,13 @@ class XdsHub:
         snapshots: Mapping[str, ProxySnapshot],
         errors: Mapping[str, tuple[str, ...]],
         proxies: Iterable[str],
+        documents: Mapping[str, Encoded] | None = None,
     ) -> int:
         """Install a compile result. ``proxies`` is every proxy that exists now; state of
         the others is dropped (their watchers get 404). A proxy with errors keeps its
-        previous good snapshot. Returns how many proxies got a new version."""
+        previous good snapshot. ``documents`` are the snapshots already encoded (by
+        the compile thread); any missing one is encoded here. Returns how many proxies
+        got a new version."""
         now = time.time()
         alive = set(proxies)
         for pid in [pid for pid in self._proxies if pid not in alive]:
@@ -102,7 +106,8 @@ class XdsHub:
             snap = snapshots.get(pid)
             if snap is not None and snap.version != state.version:
                 state.snapshot = snap
-                state.body = None
+                doc = documents.get(pid) if documents is not None else None
+                state.document = doc if doc is not None and doc.version == snap.version else None
                 state.published_at = now
                 changed += 1
                 state.wake()
@@ -112,10 +117,10 @@ class XdsHub:
 
     async def poll(
         self, proxy_id: str, version: str, wait_s: float, *, registered: bool = False
-    ) -> tuple[str, bytes] | None:
-        """``(version, body)`` of a snapshot the proxy does not have, or None after
-        ``wait_s`` without one. A ``registered`` proxy that no compile has covered yet
-        waits for its first snapshot instead of getting 404."""
+    ) -> Encoded | None:
+        """The document of a snapshot the proxy does not have, or None after ``wait_s``
+        without one (or at once when the hub is closing). A ``registered`` proxy that no
+        compile has covered yet waits for its first snapshot instead of getting 404."""
         state = self._proxies.get(proxy_id)
         if state is None and registered:
             state = ProxyState(proxy_id)
@@ -132,7 +137,7 @@ class XdsHub:
         state.active_polls += 1
         try:
             with anyio.move_on_after(wait_s):
-                while True:
+                while not self._closing:
                     if state.gone:
                         raise NotFound(f"proxy {proxy_id!r} was deregistered")
                     snap = state.snapshot
@@ -142,10 +147,10 @@ class XdsHub:
                     if snap is not None and version == snap.version != state.acked_version:
                         self._ack(state, version)
                     if snap is not None and snap.version not in (version, state.nack_version):
-                        if state.body is None:
-                            state.body = self._encoder.encode(snap)
+                        if state.document is None:  # published without a document
+                            state.document = Encoded(snap.version, (codec.dumps(snap), b"", b""))
                         state.sent_version = snap.version
-                        return snap.version, state.body
+                        return state.document
                     if state.changed is None:
                         state.changed = anyio.Event()
                     await state.changed.wait()
@@ -153,6 +158,13 @@ class XdsHub:
         finally:
             state.active_polls -= 1
             state.last_seen = time.time()
+
+    def close(self) -> None:
+        """Answer every waiting poll now (304): the server is shutting down and the
+        proxies should reconnect, to this replica when it is back or to another."""
+        self._closing = True
+        for state in self._proxies.values():
+            state.wake()
 
     def ack(self, proxy_id: str, version: str, error: str | None = None) -> None:
         state = self._proxies.get(proxy_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from meshd.compile import codec
@@ -111,10 +113,16 @@ def test_decoding_rejects_with_the_path(mutate: object, message: str) -> None:
         codec.from_plain(s.ProxySnapshot, plain)
 
 
-def test_spliced_encoding_equals_plain_encoding() -> None:
+def test_chunked_encoding_equals_plain_encoding() -> None:
     from meshd.xds.encode import SnapshotEncoder
 
     snap = sample()
+    other = dataclasses.replace(snap, proxy_id="reviews-2.default", version="v2")
     encoder = SnapshotEncoder()
-    assert encoder.encode(snap) == codec.dumps(snap)
-    assert encoder.encode(snap) == codec.dumps(snap)  # from the cache this time
+    docs = encoder.encode_all({snap.proxy_id: snap, other.proxy_id: other})
+    for s_ in (snap, other):
+        assert b"".join(docs[s_.proxy_id].chunks) == codec.dumps(s_)
+    # The shared outbound is encoded once and the very same bytes go to both proxies.
+    assert docs[snap.proxy_id].chunks[1] is docs[other.proxy_id].chunks[1]
+    again = encoder.encode_all({snap.proxy_id: snap})
+    assert again[snap.proxy_id] is docs[snap.proxy_id], "an unchanged version is not re-encoded"

@@ -8,9 +8,7 @@ import dataclasses
 import json
 import os
 import stat
-from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import cast
 
 import pytest
 import trio
@@ -20,7 +18,6 @@ from meshd.compile import codec
 from sidecar.config_store import (
     ID_SUFFIX_FILE,
     SNAPSHOT_FILE,
-    AppliedConfig,
     ConfigStore,
     decode_snapshot,
     load_or_create_id_suffix,
@@ -187,7 +184,7 @@ def test_watchers_see_the_newest_config(tmp_path: Path) -> None:
 
     async def main() -> None:
         async def watch() -> None:
-            watch = cast(AsyncGenerator[AppliedConfig | None], store.current.watch())
+            watch = store.current.watch()
             async with contextlib.aclosing(watch) as updates:
                 async for applied in updates:
                     seen.append(applied.version if applied else None)

@@ -34,7 +34,7 @@ async def test_poll_answers_new_versions_and_waits_on_the_current_one() -> None:
     hub.publish({"p.default": snap("v1")}, {}, ["p.default"])
     got = await hub.poll("p.default", "", 1)
     assert got is not None
-    assert got[0] == "v1"
+    assert got.version == "v1"
     assert await hub.poll("p.default", "v1", 0.05) is None
     assert hub.get("p.default").sync_state() == "SYNCED"
 
@@ -47,7 +47,7 @@ async def test_a_waiting_poll_gets_the_push() -> None:
     async def waiter() -> None:
         got = await hub.poll("p.default", "v1", 5)
         assert got is not None
-        results.append(got[0])
+        results.append(got.version)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter)
@@ -68,7 +68,7 @@ async def test_nacked_version_is_not_resent_until_a_new_one() -> None:
     hub.publish({"p.default": snap("v3")}, {}, ["p.default"])
     got = await hub.poll("p.default", "v1", 1)
     assert got is not None
-    assert got[0] == "v3"
+    assert got.version == "v3"
 
 
 async def test_restart_poll_with_the_version_it_runs_is_an_ack_once_published() -> None:
