@@ -25,7 +25,7 @@ unless it says ``~`` (as validation treats it).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,14 +34,7 @@ from meshd.schema.base import Resource
 from meshd.schema.hosts import resolve_host
 from meshd.schema.networking import DestinationRule, ServiceEntry, Sidecar, VirtualService
 from meshd.schema.security import AuthorizationPolicy, PeerAuthentication
-
-
-def exported_to(export_to: Collection[str], owner: str, namespace: str) -> bool:
-    if owner == namespace:
-        return "~" not in export_to
-    if not export_to:
-        return True
-    return "*" in export_to or namespace in export_to
+from meshd.schema.visibility import exported_to, pick_destination_rule
 
 
 def _order(r: Resource[Any]) -> tuple[str, str]:
@@ -131,23 +124,6 @@ class RuleIndex:
     def destination_rule(
         self, host: str, host_namespace: str, scope_namespace: str
     ) -> DestinationRule | None:
-        candidates = self.dr_by_host.get(host)
-        if not candidates:
-            return None
-        best: DestinationRule | None = None
-        best_rank = 4
-        for dr in candidates:
-            ns = dr.metadata.namespace
-            if not exported_to(dr.spec.export_to, ns, scope_namespace):
-                continue
-            if ns == scope_namespace:
-                rank = 0
-            elif ns == host_namespace:
-                rank = 1
-            elif ns == self.root_namespace:
-                rank = 2
-            else:
-                rank = 3
-            if rank < best_rank:
-                best, best_rank = dr, rank
-        return best
+        return pick_destination_rule(
+            self.dr_by_host.get(host, ()), scope_namespace, host_namespace, self.root_namespace
+        )

@@ -36,7 +36,7 @@ from meshd.compile.catalog import (
 from meshd.compile.check import check_header
 from meshd.compile.errors import RuleError
 from meshd.compile.inbound import CompiledPolicy, InboundPart, build_inbound
-from meshd.compile.index import RuleIndex, exported_to
+from meshd.compile.index import RuleIndex
 from meshd.compile.memo import Memo
 from meshd.compile.outbound import ScopeOutbound, ServicePiece, assemble, build_piece
 from meshd.compile.routes import Destinations, PortList
@@ -46,6 +46,7 @@ from meshd.schema.base import Resource, ResourceKey
 from meshd.schema.hosts import service_fqdn
 from meshd.schema.networking import Sidecar, VirtualService
 from meshd.schema.security import AuthorizationPolicy
+from meshd.schema.visibility import exported_to
 from registry.model import Instance, RegistryView
 
 if TYPE_CHECKING:

@@ -44,6 +44,7 @@ from meshd.schema.security import (
     PeerAuthentication,
     Source,
 )
+from meshd.schema.visibility import pick_destination_rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -709,15 +710,6 @@ def validate_resource(resource: Resource[Any]) -> list[FieldError]:
 # --- the whole set -------------------------------------------------------------------------
 
 
-def exported_to(export_to: Collection[str], owner: str, namespace: str) -> bool:
-    """Whether a rule in ``owner`` with this ``exportTo`` is visible in ``namespace``."""
-    if owner == namespace:
-        return "~" not in export_to
-    if not export_to:
-        return True
-    return "*" in export_to or namespace in export_to
-
-
 class DestinationRuleIndex:
     """Which DestinationRule configures a host for callers in a namespace. Istio's lookup
     order: the callers' namespace, then the host's namespace (a mesh service's, or for a
@@ -734,29 +726,19 @@ class DestinationRuleIndex:
     ) -> None:
         self._names = names
         self._host_namespaces = host_namespaces or {}
-        self._by_host: dict[str, dict[str, DestinationRule]] = {}
+        self._by_host: dict[str, list[DestinationRule]] = {}
         for rule in rules:
             namespace = rule.metadata.namespace
             fqdn = resolve_host(rule.spec.host, namespace, names.domain_suffix, literal_hosts)
-            self._by_host.setdefault(fqdn, {}).setdefault(namespace, rule)
+            self._by_host.setdefault(fqdn, []).append(rule)
 
     def lookup(self, fqdn: str, namespace: str) -> DestinationRule | None:
         """The rule for ``fqdn`` (a resolved host) as seen from ``namespace``."""
-        by_namespace = self._by_host.get(fqdn)
-        if not by_namespace:
-            return None
         service = split_service_fqdn(fqdn, self._names.domain_suffix)
         host_namespace = service[0] if service else self._host_namespaces.get(fqdn)
-        order = [namespace]
-        if host_namespace is not None:
-            order.append(host_namespace)
-        order.append(self._names.root_namespace)
-        order.extend(sorted(by_namespace))
-        for owner in order:
-            rule = by_namespace.get(owner)
-            if rule is not None and exported_to(rule.spec.export_to, owner, namespace):
-                return rule
-        return None
+        return pick_destination_rule(
+            self._by_host.get(fqdn, ()), namespace, host_namespace, self._names.root_namespace
+        )
 
 
 def _subset_error(
