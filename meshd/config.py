@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from meshd.errors import ConfigError
+from meshd.netaddr import is_loopback_host
 
 StoreKind = Literal["sqlite", "consul"]
 RegistryKind = Literal["embedded"]
@@ -51,7 +51,7 @@ class Settings:
         """Refuse settings that cannot work or are unsafe, saying what to change."""
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together; pass both or neither")
-        if not self.tls and not is_loopback(self.listen_host):
+        if not self.tls and not is_loopback_host(self.listen_host):
             raise ConfigError(
                 f"refusing to serve plain HTTP on {self.listen_host}: bearer tokens would cross "
                 "the network in cleartext. Listen on 127.0.0.1, or pass --tls-cert and --tls-key"
@@ -60,15 +60,6 @@ class Settings:
             raise ConfigError(f"--listen port {self.listen_port} is out of range")
         if self.debounce_ms < 0 or self.debounce_max_ms < self.debounce_ms:
             raise ConfigError("debounce must be >= 0 and at most the debounce maximum")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal, cast
 from urllib.parse import urlsplit
 
+from meshd.netaddr import is_loopback_host
 from sidecar.errors import ConfigError
 
 ENV_PREFIX = "MESH_"
@@ -140,15 +141,6 @@ def parse_meshd_url(text: str) -> str:
             "fragment; pass the token with --token"
         )
     return text.strip().rstrip("/")
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def default_state_dir(service: str, namespace: str) -> Path:

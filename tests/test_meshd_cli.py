@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from meshd.cli import build_parser, main, settings_from_args
-from meshd.config import Settings, is_loopback, parse_listen
+from meshd.config import Settings, parse_listen
 from meshd.errors import ConfigError
+from meshd.netaddr import is_loopback_host as is_loopback
 
 
 def test_flags_fall_back_to_env(monkeypatch: pytest.MonkeyPatch) -> None:

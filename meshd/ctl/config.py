@@ -12,7 +12,6 @@ refuses to send one to a plain ``http://`` server that is not on loopback.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import stat
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from meshd.ctl.errors import UsageError, yaml_problem
+from meshd.netaddr import is_loopback_host, is_loopback_url
 
 DEFAULT_SERVER = "http://127.0.0.1:15012"
 CONFIG_KEYS = ("server", "token", "caFile")
@@ -83,25 +83,6 @@ class Settings:
 def default_config_path(env: Mapping[str, str]) -> Path:
     base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
     return Path(base) / "meshd" / "config.yaml"
-
-
-def is_loopback_host(host: str) -> bool:
-    """``localhost`` (and ``*.localhost``) or a loopback IP. Other names are not resolved:
-    what DNS says today is no promise about where a token goes."""
-    host = host.strip("[]").lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-def is_loopback_url(url: str) -> bool:
-    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 def check_server_url(url: str, source: str) -> str:

@@ -13,10 +13,10 @@ from meshd.ctl.config import (
     Flags,
     check_cleartext,
     default_config_path,
-    is_loopback_host,
     resolve,
 )
 from meshd.ctl.errors import EXIT_USAGE, UsageError
+from meshd.netaddr import is_loopback_host
 
 
 def config_file(tmp_path: Path, text: str, mode: int = 0o600) -> Path:

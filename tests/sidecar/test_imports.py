@@ -40,6 +40,7 @@ def test_sidecar_imports_no_pydantic_or_fastapi() -> None:
         "meshd.compile.check",
         "meshd.schema",
         "meshd.schema.hosts",
+        "meshd.netaddr",
     }
     assert from_meshd <= allowed, f"unexpected meshd modules: {sorted(from_meshd - allowed)}"
     assert "sidecar.cli" in modules
