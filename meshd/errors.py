@@ -116,3 +116,19 @@ class ConfigError(MeshError):
     status = 500
     slug = "config"
     title = "Invalid configuration"
+
+
+class CsrRejected(BadRequest):
+    """A certificate signing request breaks the signing policy (wrong identity, CA:true,
+    weak key, other SANs...); ``detail`` says which rule."""
+
+    slug = "csr-rejected"
+    title = "Certificate request refused"
+
+
+class CaUnavailable(MeshError):
+    """The CA backend (Vault/OpenBao, or the embedded CA's key material) cannot sign."""
+
+    status = 503
+    slug = "ca-unavailable"
+    title = "Certificate authority unavailable"

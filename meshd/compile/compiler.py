@@ -46,14 +46,15 @@ from registry.model import RegistryView
 
 @dataclass(frozen=True, slots=True)
 class CompileSettings:
-    """Mesh-wide inputs of the compile. ``trust_bundle`` is the digest of the trust
-    roots every proxy must hold; ``default_mtls_mode`` applies where no
+    """Mesh-wide inputs of the compile. ``trust_roots`` are the PEM roots every proxy
+    must trust and ``trust_bundle`` their digest; ``default_mtls_mode`` applies where no
     PeerAuthentication says otherwise."""
 
     mesh: s.MeshSettings = field(default_factory=s.MeshSettings)
     root_namespace: str = "istio-system"
     default_mtls_mode: MtlsMode = "STRICT"
     trust_bundle: str = ""
+    trust_roots: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -301,6 +301,7 @@ class CompileRun:
                         inbound=inbound.config,
                         outbound=outbound,
                         trust_bundle=settings.trust_bundle,
+                        trust_roots=settings.trust_roots,
                         mesh=settings.mesh,
                     )
                     smemo.put(key, (inbound, outbound), snap)

@@ -322,8 +322,9 @@ class MeshSettings:
 @dataclass(frozen=True, slots=True)
 class ProxySnapshot:
     """One sidecar's whole configuration. ``version`` is a content hash: equal versions
-    mean equal configuration. ``trust_bundle`` is the digest of the trust roots the
-    proxy must hold (fetched from ``/v1/ca/roots``)."""
+    mean equal configuration. ``trust_roots`` are the PEM roots the proxy must trust
+    (several during a root rotation) and ``trust_bundle`` their digest; they travel in
+    the snapshot so that an ACK means the proxy holds them."""
 
     proxy_id: str
     version: str
@@ -333,5 +334,6 @@ class ProxySnapshot:
     inbound: InboundConfig
     outbound: OutboundConfig
     trust_bundle: str = ""
+    trust_roots: tuple[str, ...] = ()
     mesh: MeshSettings = field(default_factory=MeshSettings)
     schema: int = SCHEMA_VERSION

@@ -22,7 +22,7 @@ from meshd.compile.snapshot import InboundConfig, MeshSettings, OutboundConfig, 
 # guard both catch a forgotten one).
 _FIELDS = (
     "identity", "inbound", "mesh", "namespace", "outbound",
-    "proxy_id", "schema", "service", "trust_bundle", "version",
+    "proxy_id", "schema", "service", "trust_bundle", "trust_roots", "version",
 )  # fmt: skip
 if tuple(sorted(f.name for f in dataclasses.fields(ProxySnapshot))) != _FIELDS:
     raise RuntimeError("ProxySnapshot's fields changed: update meshd.xds.encode")
@@ -57,6 +57,8 @@ class SnapshotEncoder:
         self._inbound: dict[int, tuple[InboundConfig, bytes]] = {}
         self._mesh: dict[int, tuple[MeshSettings, bytes]] = {}
         self._docs: dict[str, Encoded] = {}
+        self._roots_key: tuple[str, ...] = ()
+        self._roots_bytes = b"[]"
 
     def _cached(self, cache: dict[int, tuple[T, bytes]], obj: T) -> bytes:
         hit = cache.get(id(obj))
@@ -79,10 +81,18 @@ class SnapshotEncoder:
             b',"schema":', _json(snap.schema),
             b',"service":', _json(snap.service),
             b',"trust_bundle":', _json(snap.trust_bundle),
+            b',"trust_roots":', self._roots(snap.trust_roots),
             b',"version":', _json(snap.version),
             b"}",
         ))  # fmt: skip
         return Encoded(snap.version, (head, self._cached(self._outbound, snap.outbound), tail))
+
+    def _roots(self, roots: tuple[str, ...]) -> bytes:
+        # Every proxy holds the same roots: encode them once per bundle.
+        if roots != self._roots_key:
+            self._roots_key = roots
+            self._roots_bytes = json.dumps(list(roots), separators=(",", ":")).encode()
+        return self._roots_bytes
 
     def encode_all(self, snapshots: Mapping[str, ProxySnapshot]) -> dict[str, Encoded]:
         """Every snapshot's document, re-encoding only new versions, and forgetting

@@ -117,6 +117,7 @@ def test_chunked_encoding_equals_plain_encoding() -> None:
     from meshd.xds.encode import SnapshotEncoder
 
     snap = sample()
+    snap = dataclasses.replace(snap, trust_bundle="d1", trust_roots=("-----BEGIN A-----\n", "B"))
     other = dataclasses.replace(snap, proxy_id="reviews-2.default", version="v2")
     encoder = SnapshotEncoder()
     docs = encoder.encode_all({snap.proxy_id: snap, other.proxy_id: other})

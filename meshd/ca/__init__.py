@@ -1,0 +1,1 @@
+"""Certificate authorities: embedded (keys in meshd's data) or Vault/OpenBao PKI."""
