@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only compile|push]`` — run the benchmarks, write
+"""``python -m bench [--quick] [--only compile|push|ca]`` — run the benchmarks, write
 ``bench/results/report.md`` and ``bench/results/results.json``.
 
 Exit status 0 when every benchmark ran (whether or not it met its target: targets are
@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from bench import progress, push_bench, report
+from bench.ca_bench import TARGET_EMBEDDED_SIGNS_PER_S
 from bench.compile_bench import TARGET_FULL_COMPILE_MS
 from bench.push_bench import TARGET_P99_MS, TARGET_WATCHERS, PushSize
 
@@ -42,6 +43,35 @@ def _sizes(args: argparse.Namespace) -> tuple[int, list[PushSize], int]:
         [PushSize(100, 10, rounds), PushSize(1000, 100, rounds)],
         TARGET_WATCHERS,
     )
+
+
+def _ca_size(args: argparse.Namespace) -> tuple[int, int]:
+    """(timed signs per backend, concurrent requesters) for a full or quick run."""
+    return (200, 8) if args.quick else (2000, 16)
+
+
+def run_ca(signs: int, concurrency: int) -> dict[str, Any]:
+    """In a child process, so its CPU time is the CA's alone (it starts and stops its
+    own ``bao server -dev``)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.ca_bench",
+            "--signs",
+            str(signs),
+            "--concurrency",
+            str(concurrency),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.ca_bench exited with {done.returncode} (its output is above)")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def run_compile(services: int, runs: int) -> dict[str, Any]:
@@ -128,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="meshd's benchmarks; the report goes to bench/results/report.md.",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    parser.add_argument("--only", choices=["compile", "push"], help="run one benchmark")
+    parser.add_argument("--only", choices=["compile", "push", "ca"], help="run one benchmark")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the report")
     parser.add_argument("--rounds", type=int, default=0, help="push rounds per size (5; quick: 2)")
     parser.add_argument(
@@ -152,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": report.machine_facts(),
         "anchors": list(report.ANCHORS),
         "targets": {"full_compile_ms": TARGET_FULL_COMPILE_MS, "push": {
-            "p99_ms": TARGET_P99_MS, "watchers": TARGET_WATCHERS}},
+            "p99_ms": TARGET_P99_MS, "watchers": TARGET_WATCHERS},
+            "ca": {"embedded_signs_per_s": TARGET_EMBEDDED_SIGNS_PER_S}},
     }  # fmt: skip
     m = results["machine"]
     progress("bench", f"{m['cpu_model']}, {m['cores']} cores, {m['python']}; {command}")
@@ -173,6 +204,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ok = False
                 results["push"] = {"error": f"{type(exc).__name__}: {exc}"}
                 progress("push", f"FAILED: {traceback.format_exc()}")
+        if args.only in (None, "ca"):
+            signs, concurrency = _ca_size(args)
+            try:
+                results["ca"] = run_ca(signs, concurrency)
+                ok = ok and not any("error" in b for b in results["ca"]["backends"])
+            except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+                ok = False
+                results["ca"] = {"error": str(exc)}
+                progress("ca", f"FAILED: {exc}")
     except KeyboardInterrupt:
         # Children were stopped by the context managers on the way out; nothing to write.
         progress("bench", "interrupted: every process it started has been stopped")
