@@ -1,4 +1,5 @@
-"""The FastAPI application: opens the store, starts the control loop, mounts the routers."""
+"""The FastAPI application: opens the store and the CA, issues meshd's serving
+certificate, starts the control loop, mounts the routers."""
 
 from __future__ import annotations
 
@@ -12,21 +13,24 @@ from fastapi import FastAPI
 
 from meshd import __version__
 from meshd.admin_tokens import AdminTokens
-from meshd.api import admin, health, problems, proxies, registry, resources
+from meshd.api import admin, health, identity, problems, proxies, registry, resources
 from meshd.api.deps import Services
 from meshd.api.xds_poll import XdsPollMiddleware
+from meshd.ca.factory import open_ca
 from meshd.config import Settings
 from meshd.control import ControlPlane
+from meshd.identity import Identity
 from meshd.metrics import Metrics
 from meshd.rules import Rules
 from meshd.schema.validate import MeshNames
 from meshd.store.factory import open_store
+from meshd.tls import ServingTls
 from registry.embedded import EmbeddedCatalog
 
 log = logging.getLogger("meshd")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, serving: ServingTls) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -50,21 +54,37 @@ def create_app(settings: Settings) -> FastAPI:
                     file=sys.stderr,
                     flush=True,
                 )
-            metrics = Metrics()
-            catalog = EmbeddedCatalog()
-            control = ControlPlane(settings, store, catalog, metrics)
-            names = MeshNames(
-                domain_suffix=settings.domain_suffix, root_namespace=settings.root_namespace
+            ca = await open_ca(
+                settings.ca,
+                store=store,
+                trust_domain=settings.trust_domain,
+                plugin_dir=settings.ca_plugin_dir,
+                vault=settings.vault,
             )
-            rules = Rules(store, control.models, names)
-            app.state.mesh = Services(settings, store, catalog, control, rules, tokens, metrics)
-            async with anyio.create_task_group() as tg:
-                await tg.start(control.run)
-                log.info("control loop started")
-                yield
-                log.info("stopping the control loop")
-                control.hub.close()
-                tg.cancel_scope.cancel()
+            log.info("certificate authority opened: %s", ca.backend)
+            try:
+                metrics = Metrics()
+                ident = Identity(settings, store, ca, metrics, serving)
+                await ident.start()
+                catalog = EmbeddedCatalog()
+                control = ControlPlane(settings, store, catalog, metrics, ident.bundle)
+                names = MeshNames(
+                    domain_suffix=settings.domain_suffix, root_namespace=settings.root_namespace
+                )
+                rules = Rules(store, control.models, names)
+                app.state.mesh = Services(
+                    settings, store, catalog, control, rules, tokens, metrics, ident
+                )
+                async with anyio.create_task_group() as tg:
+                    await tg.start(control.run)
+                    await tg.start(ident.run, control.lagging)
+                    log.info("control loop started; serving %s", settings.url)
+                    yield
+                    log.info("stopping the control loop")
+                    control.hub.close()
+                    tg.cancel_scope.cancel()
+            finally:
+                await ca.aclose()
         finally:
             await store.aclose()
             log.info("store closed")
@@ -77,6 +97,13 @@ def create_app(settings: Settings) -> FastAPI:
     )
     problems.install(app)
     app.add_middleware(XdsPollMiddleware)
-    for router in (health.router, resources.router, proxies.router, registry.router, admin.router):
+    for router in (
+        health.router,
+        resources.router,
+        proxies.router,
+        registry.router,
+        identity.router,
+        admin.router,
+    ):
         app.include_router(router)
     return app

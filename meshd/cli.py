@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from meshd import __version__
-from meshd.config import Settings, parse_listen
+from meshd.config import Settings, VaultSettings, parse_listen
 from meshd.errors import ConfigError, MeshError
+from meshd.schema.base import duration_ms
 
 ENV_PREFIX = "MESHD_"
 
@@ -42,8 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, default=_env_default(flag, default), help=help_text, **kw)  # type: ignore[arg-type]
 
     opt("--data-dir", "/var/lib/meshd", "directory for the sqlite store and the admin token")
+    opt("--listen", "127.0.0.1:15012", "HOST:PORT to serve the API on (HTTPS, always)")
     opt(
-        "--listen", "127.0.0.1:15012", "HOST:PORT to serve the API on (plain HTTP only on loopback)"
+        "--san",
+        "",
+        "extra names/IPs for meshd's certificate, comma-separated "
+        "(loopback, this host's name and the listen address are always in it)",
     )
     opt("--bootstrap-token", None, "the first admin token; without it one is generated once")
     opt("--store", "sqlite", "where rules live", choices=["sqlite", "consul"])
@@ -51,6 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--consul-token", None, "Consul ACL token")
     opt("--consul-prefix", "meshd/", "Consul KV prefix for meshd's data")
     opt("--registry", "embedded", "service discovery backend", choices=["embedded"])
+    opt("--ca", "embedded", "who signs workload certificates", choices=["embedded", "vault"])
+    opt(
+        "--ca-plugin-dir",
+        None,
+        "use your own CA: a directory with Istio's cacerts files "
+        "(ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem)",
+    )
+    opt("--vault-addr", "http://127.0.0.1:8200", "Vault/OpenBao address for --ca vault")
+    opt("--vault-token", None, "Vault token (or use AppRole)")
+    opt("--vault-role-id", None, "AppRole role_id")
+    opt("--vault-secret-id", None, "AppRole secret_id")
+    opt("--vault-mount", "pki", "PKI secrets engine mount")
+    opt("--vault-role", "meshd-workload", "PKI role that signs workload certificates")
+    opt("--vault-ca-file", None, "CA bundle to verify Vault's HTTPS certificate")
+    opt("--cert-ttl", "24h", "lifetime of workload certificates (renewed at half-life)")
+    opt("--sign-rate", "200", "certificate signs per second, mesh-wide, before 429", type=float)
     opt("--trust-domain", "cluster.local", "SPIFFE trust domain of workload identities")
     opt("--root-namespace", "istio-system", "namespace whose policies apply mesh-wide")
     opt(
@@ -60,8 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["STRICT", "PERMISSIVE", "DISABLE"],
     )
     opt("--debounce-ms", "100", "wait this long for more changes before compiling", type=int)
-    opt("--tls-cert", None, "PEM certificate to serve HTTPS with (required off loopback)")
-    opt("--tls-key", None, "PEM private key for --tls-cert")
     opt("--log-level", "info", "debug, info, warning or error")
     serve.add_argument(
         "--access-log",
@@ -74,22 +93,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     host, port = parse_listen(args.listen)
+    try:
+        cert_ttl_s = duration_ms(args.cert_ttl) / 1000
+    except ValueError as exc:
+        raise ConfigError(f"--cert-ttl: {exc}") from None
     return Settings(
         data_dir=Path(args.data_dir),
         listen_host=host,
         listen_port=port,
+        sans=tuple(s.strip() for s in (args.san or "").split(",") if s.strip()),
         bootstrap_token=args.bootstrap_token or None,
         store=args.store,
         consul_addr=args.consul_addr,
         consul_token=args.consul_token or None,
         consul_prefix=args.consul_prefix,
         registry=args.registry,
+        ca=args.ca,
+        ca_plugin_dir=Path(args.ca_plugin_dir) if args.ca_plugin_dir else None,
+        vault=VaultSettings(
+            addr=args.vault_addr,
+            token=args.vault_token or None,
+            role_id=args.vault_role_id or None,
+            secret_id=args.vault_secret_id or None,
+            mount=args.vault_mount,
+            role=args.vault_role,
+            ca_file=Path(args.vault_ca_file) if args.vault_ca_file else None,
+        ),
+        cert_ttl_s=cert_ttl_s,
+        sign_rate=float(args.sign_rate),
         trust_domain=args.trust_domain,
         root_namespace=args.root_namespace,
         default_mtls_mode=args.default_mtls,
         debounce_ms=int(args.debounce_ms),
-        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
-        tls_key=Path(args.tls_key) if args.tls_key else None,
         access_log=bool(args.access_log),
         log_level=args.log_level,
     )

@@ -8,6 +8,7 @@ that moves to another replica is not re-sent what it already has.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import TaskStatus
 
+from meshd.ca.base import TrustBundle
 from meshd.compile.compiler import Compiler, CompileResult, CompileSettings
 from meshd.compile.snapshot import MeshSettings
 from meshd.config import Settings
@@ -44,7 +46,12 @@ class CompileReport:
 
 class ControlPlane:
     def __init__(
-        self, settings: Settings, store: Store, catalog: EmbeddedCatalog, metrics: Metrics
+        self,
+        settings: Settings,
+        store: Store,
+        catalog: EmbeddedCatalog,
+        metrics: Metrics,
+        bundle: Latest[TrustBundle | None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -61,6 +68,7 @@ class ControlPlane:
             root_namespace=settings.root_namespace,
             default_mtls_mode=settings.default_mtls_mode,
         )
+        self._bundle = bundle
         self._current: dict[ResourceKey, AnyResource] = {}
         self._store_index = -1
         self._dirty: Latest[int] = Latest(0)
@@ -89,6 +97,36 @@ class ControlPlane:
         self.models.forget_missing(state.resources.keys())
         self._store_index = state.index
 
+    async def _watch_bundle(self) -> None:
+        """The trust roots are part of every snapshot; a new bundle recompiles all."""
+        if self._bundle is None:
+            return
+        async for bundle in self._bundle.watch():
+            if bundle is None:
+                continue
+            self._compile_settings = dataclasses.replace(
+                self._compile_settings,
+                trust_bundle=bundle.digest,
+                trust_roots=tuple(r.pem for r in bundle.roots),
+            )
+            self._mark_dirty()
+
+    def lagging(self, digest: str) -> tuple[int, list[str]]:
+        """How many connected proxies do not yet run (ACKed) a snapshot with trust bundle
+        ``digest``, and a few of their ids. Proxies not seen for a while are left out: a
+        proxy that comes back gets the newest snapshot before anything else."""
+        behind = [
+            s.proxy_id
+            for s in self.hub.states()
+            if self.hub.status(s)["connected"]
+            and not (
+                s.snapshot is not None
+                and s.snapshot.trust_bundle == digest
+                and s.acked_version == s.snapshot.version
+            )
+        ]
+        return len(behind), behind[:10]
+
     async def _watch_registry(self) -> None:
         async for _view in self.catalog.watch():
             self._mark_dirty()
@@ -99,6 +137,7 @@ class ControlPlane:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch_store)
             tg.start_soon(self._watch_registry)
+            tg.start_soon(self._watch_bundle)
             tg.start_soon(self._compile_loop)
             tg.start_soon(self._collect_when_quiet)
             task_status.started()
@@ -111,7 +150,7 @@ class ControlPlane:
             seen = self._dirty.version
             # The first compile waits for the store's initial state, or it would push an
             # empty config to proxies that reconnect right after a restart.
-            if self._store_index < 0:
+            if self._store_index < 0 or (self._bundle is not None and self._bundle.value is None):
                 continue
             await self._compile_once()
 

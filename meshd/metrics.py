@@ -37,6 +37,24 @@ class Metrics:
         self.applies = Counter(
             "meshd_resource_writes_total", "Resource writes by outcome", ["outcome"], registry=r
         )
+        self.certs_issued = Counter(
+            "meshd_certificates_issued_total",
+            "Workload certificates signed, by how the caller authenticated",
+            ["via"],
+            registry=r,
+        )
+        self.sign_seconds = Histogram(
+            "meshd_sign_duration_seconds",
+            "Time to sign a certificate, CA call included",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+        self.cert_expiry = Gauge(
+            "meshd_proxy_certificate_expiry_timestamp_seconds",
+            "When each proxy's newest certificate expires (Unix time)",
+            ["proxy"],
+            registry=r,
+        )
         self.proxies_connected = Gauge(
             "meshd_proxies_connected",
             "Proxies with a config watch open or recently seen",
@@ -47,6 +65,10 @@ class Metrics:
         self.compile_seconds.observe(seconds)
         self.snapshots_changed.inc(changed)
         self.proxies_with_errors.set(errors)
+
+    def observe_sign(self, seconds: float, via: str) -> None:
+        self.sign_seconds.observe(seconds)
+        self.certs_issued.labels(via).inc()
 
     def observe_ack(self, seconds: float) -> None:
         self.push_to_ack.observe(seconds)

@@ -1,4 +1,5 @@
-"""Runs the app under uvicorn with meshd's settings."""
+"""Runs the app under uvicorn with meshd's settings: HTTPS always, with the serving
+certificate and client-certificate checks of ``meshd.tls``."""
 
 from __future__ import annotations
 
@@ -9,20 +10,24 @@ import uvicorn
 
 from meshd.app import create_app
 from meshd.config import Settings
+from meshd.tls import PeerCertProtocol, ServingTls
 
 log = logging.getLogger("meshd")
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    serving = ServingTls(settings.data_dir / "tls")
     return uvicorn.Config(
-        create_app(settings),
+        create_app(settings, serving),
         host=settings.listen_host,
         port=settings.listen_port,
         log_config=None,
         log_level=settings.log_level,
         access_log=settings.access_log,
-        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        # uvicorn keeps this context for the listener's life; it hands every new
+        # connection the current certificate and trust roots (see meshd.tls).
+        ssl_context_factory=lambda _config, _default: serving.dispatcher,
+        http=PeerCertProtocol,
         lifespan="on",
         # Long polls hold connections open; keep idle ones longer than a poll's wait.
         timeout_keep_alive=75,
@@ -44,10 +49,11 @@ class MeshdServer(uvicorn.Server):
 
 def serve(settings: Settings) -> None:
     log.info(
-        "meshd starting: listen %s, store %s, registry %s, data dir %s",
+        "meshd starting: listen %s, store %s, registry %s, CA %s, data dir %s",
         settings.url,
         settings.store,
         settings.registry,
+        settings.ca,
         settings.data_dir,
     )
     MeshdServer(uvicorn_config(settings)).run()

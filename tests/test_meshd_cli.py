@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from meshd.cli import build_parser, main, settings_from_args
-from meshd.config import Settings, parse_listen
+from meshd.config import Settings, VaultSettings, parse_listen
 from meshd.errors import ConfigError
 from meshd.netaddr import is_loopback_host as is_loopback
 
@@ -55,36 +55,34 @@ def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
 
-def test_plain_http_off_loopback_is_refused() -> None:
-    with pytest.raises(ConfigError, match="cleartext"):
-        Settings(listen_host="0.0.0.0").check()
-    with pytest.raises(ConfigError, match="go together"):
-        Settings(tls_cert=Path("c.pem")).check()
-    Settings(listen_host="0.0.0.0", tls_cert=Path("c.pem"), tls_key=Path("k.pem")).check()
+def test_settings_refuse_what_cannot_work() -> None:
+    with pytest.raises(ConfigError, match="cert-ttl"):
+        Settings(cert_ttl_s=5).check()
+    with pytest.raises(ConfigError, match="AppRole"):
+        Settings(ca="vault").check()
+    with pytest.raises(ConfigError, match="ca-plugin-dir"):
+        Settings(ca="vault", vault=VaultSettings(token="t"), ca_plugin_dir=Path("x")).check()
+    Settings(ca="vault", vault=VaultSettings(role_id="r", secret_id="s")).check()
+
+
+def test_url_is_https_and_names_a_reachable_host() -> None:
+    assert Settings(listen_host="0.0.0.0", listen_port=1).url == "https://127.0.0.1:1"
+    assert Settings(listen_host="::1", listen_port=2).url == "https://[::1]:2"
 
 
 def test_main_exits_2_with_the_reason(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main(["serve", "--listen", "0.0.0.0:15012", "--data-dir", str(tmp_path)]) == 2
-    assert "--tls-cert" in capsys.readouterr().err
+    assert main(["serve", "--cert-ttl", "soon", "--data-dir", str(tmp_path)]) == 2
+    assert "--cert-ttl" in capsys.readouterr().err
 
 
 @pytest.mark.integration
 def test_real_process_refuses_and_says_why(tmp_path: Path) -> None:
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meshd.cli",
-            "serve",
-            "--listen",
-            "198.18.0.1:15012",
-            "--data-dir",
-            str(tmp_path),
-        ],
+        [sys.executable, "-m", "meshd.cli", "serve", "--ca", "vault", "--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
     assert done.returncode == 2
-    assert "refusing to serve plain HTTP on 198.18.0.1" in done.stderr
+    assert "--vault-token" in done.stderr

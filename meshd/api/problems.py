@@ -40,7 +40,9 @@ def problem(
         body["errors"] = [e.to_json() for e in errors]
     if extra:
         body.update(extra)
-    headers = {"WWW-Authenticate": 'Bearer realm="meshd"'} if status == 401 else None
+    headers = {"WWW-Authenticate": 'Bearer realm="meshd"'} if status == 401 else {}
+    if extra and "retryAfter" in extra:
+        headers["Retry-After"] = str(max(1, round(float(extra["retryAfter"]))))
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -56,7 +58,10 @@ def install(app: FastAPI) -> None:
     async def mesh_error(request: Request, exc: MeshError) -> JSONResponse:
         if exc.status >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return problem(exc.status, exc.slug, exc.title, exc.detail, request.url.path, exc.errors)
+        extra = {"retryAfter": exc.context["retry_after"]} if "retry_after" in exc.context else None
+        return problem(
+            exc.status, exc.slug, exc.title, exc.detail, request.url.path, exc.errors, extra
+        )
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from meshd.api.deps import Svc, Viewer
+from meshd.api.deps import AnyCaller, Svc, Viewer, check_proxy_caller
 from meshd.compile import codec
 from meshd.errors import NotFound
 
@@ -22,8 +22,10 @@ class AckBody(BaseModel):
 
 
 @router.post("/xds/{proxy}/ack", status_code=204)
-async def ack(svc: Svc, _who: Viewer, proxy: str, body: AckBody) -> Response:
-    """ACK a version, or NACK it with ``error`` (the proxy keeps its last good config)."""
+async def ack(svc: Svc, who: AnyCaller, proxy: str, body: AckBody) -> Response:
+    """ACK a version, or NACK it with ``error`` (the proxy keeps its last good config).
+    A viewer, or the proxy's own sidecar."""
+    check_proxy_caller(svc, who, proxy)
     svc.control.hub.ack(proxy, body.version, body.error)
     if body.error:
         svc.metrics.nacks.inc()

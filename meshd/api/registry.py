@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from meshd.api.deps import Editor, Svc, Viewer
+from meshd.api.deps import AnyCaller, Svc, Viewer, require_owner
 from meshd.compile import codec
 from meshd.errors import BadRequest, NotFound
 from meshd.schema.base import Namespace, ResourceName
@@ -33,7 +33,11 @@ class InstanceBody(BaseModel):
 
 
 @router.put("/instances/{instance_id}")
-async def register(svc: Svc, _who: Editor, instance_id: str, body: InstanceBody) -> dict[str, Any]:
+async def register(
+    svc: Svc, who: AnyCaller, instance_id: str, body: InstanceBody
+) -> dict[str, Any]:
+    """An editor, or the instance's own sidecar (its certificate's namespace and service
+    account must be the instance's)."""
     if not instance_id or "/" in instance_id:
         raise BadRequest(f"instance id {instance_id!r} is not valid; use e.g. 'reviews-1.default'")
     instance = Instance(
@@ -48,15 +52,19 @@ async def register(svc: Svc, _who: Editor, instance_id: str, body: InstanceBody)
         service_account=body.service_account,
         meshed=body.meshed,
     )
+    require_owner(who, instance, "editor")
     svc.catalog.register(instance)
     out: dict[str, Any] = codec.to_plain(instance)
     return out
 
 
 @router.delete("/instances/{instance_id}", status_code=204)
-async def deregister(svc: Svc, _who: Editor, instance_id: str) -> Response:
-    if svc.catalog.deregister(instance_id) is None:
+async def deregister(svc: Svc, who: AnyCaller, instance_id: str) -> Response:
+    instance = svc.catalog.get(instance_id)
+    if instance is None:
         raise NotFound(f"no instance {instance_id!r} is registered")
+    require_owner(who, instance, "editor")
+    svc.catalog.deregister(instance_id)
     return Response(status_code=204)
 
 

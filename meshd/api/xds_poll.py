@@ -12,12 +12,12 @@ when the proxy's snapshot differs from ``version``; 304 after ``wait`` seconds.
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from meshd.api.deps import Services, authenticate, check_proxy_caller
 from meshd.api.problems import problem
 from meshd.errors import BadRequest, MeshError
 
@@ -68,8 +68,9 @@ class XdsPollMiddleware:
             await response(scope, receive, send)
 
     async def _poll(self, scope: Scope, receive: Receive, send: Send, proxy: str) -> None:
-        svc: Any = scope["app"].state.mesh
-        await svc.tokens.authenticate(_header(scope, b"authorization"))
+        svc: Services = scope["app"].state.mesh
+        who = await authenticate(svc, scope, _header(scope, b"authorization"))
+        check_proxy_caller(svc, who, proxy)
         version, wait = _params(scope["query_string"])
         wait = min(wait, svc.settings.poll_wait_max_s)
         registered = svc.catalog.get(proxy) is not None

@@ -1,5 +1,11 @@
-"""The HTTP client of meshctl: one ``httpx.Client`` with timeouts, the bearer token, and
-the translation of every failure into a :class:`CtlError` that says what to do.
+"""The HTTP client of meshctl: one ``httpx.Client`` with timeouts, the bearer token, the
+verification of meshd's certificate, and the translation of every failure into a
+:class:`CtlError` that says what to do.
+
+The connection is opened on the first request. For an ``https://`` server it verifies
+against the roots :mod:`meshd.ctl.config` chose; with none (trust on first use) it first
+fetches ``/v1/ca/roots`` unverified and without the token, verifies the server with
+those roots, pins them and only then sends anything else (see :mod:`meshd.ctl.trust`).
 
 Redirects are not followed (a token is never re-sent to another place). Proxy variables
 (``HTTPS_PROXY``...) are honoured for remote servers and ignored for loopback ones.
@@ -9,14 +15,17 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
 
+from meshd.ctl import trust
 from meshd.ctl.config import HOW_TO_AUTHENTICATE, Settings
 from meshd.ctl.errors import CtlError, ServerError, UsageError
+
+Stage = Literal["request", "unverified", "first-use"]
 
 DEFAULT_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 5.0
@@ -45,19 +54,26 @@ def auth_hint(status: int, settings: Settings) -> str:
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext:
+    path = settings.ca_file
+    assert path is not None
     try:
-        if settings.ca_file is not None:
-            return ssl.create_default_context(cafile=str(settings.ca_file))
-        return ssl.create_default_context()
+        return trust.context_from_file(path)
     except (OSError, ssl.SSLError) as exc:
+        if settings.trust == "pinned":
+            raise UsageError(
+                f"cannot load the CA bundle pinned for {settings.server} ({path}): {exc}",
+                f"Hint: re-pin it with: {trust.RE_PIN}",
+            ) from exc
         raise UsageError(
-            f"cannot load the CA file {settings.ca_file} (from {settings.ca_source}): {exc}",
-            "Hint: --ca-file takes a PEM bundle of the CA certificate(s) that signed meshd's",
+            f"cannot load the CA file {path} (from {settings.ca_source}): {exc}",
+            f"Hint: --ca-file takes a PEM bundle of the CA certificate(s) that signed meshd's: "
+            f"<data-dir>/{trust.BUNDLE_FILE} on the meshd host",
         ) from exc
 
 
 class Client:
-    """meshd's REST API. ``transport`` lets tests answer without sockets."""
+    """meshd's REST API. ``transport`` lets tests answer without sockets; ``note`` prints
+    a line to stderr (the note that a bundle was pinned)."""
 
     def __init__(
         self,
@@ -65,24 +81,83 @@ class Client:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,
+        note: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.timeout_s = timeout_s
-        verify: ssl.SSLContext | bool = (
-            _tls_context(settings) if settings.server.startswith("https://") else True
-        )
-        self._http = httpx.Client(
-            base_url=settings.server,
-            timeout=httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s)),
+        self._transport = transport
+        self._note = note or (lambda _line: None)
+        self._http: httpx.Client | None = None
+        self._ssl: ssl.SSLContext | None = None
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+
+    def _new_http(self, verify: ssl.SSLContext | bool) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.settings.server,
+            timeout=httpx.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.timeout_s)),
             verify=verify,
             follow_redirects=False,
-            trust_env=not settings.loopback,
-            transport=transport,
+            trust_env=not self.settings.loopback,
+            transport=self._transport,
             headers={"Accept": "application/json"},
         )
 
-    def close(self) -> None:
-        self._http.close()
+    @property
+    def http(self) -> httpx.Client:
+        """The connection to meshd, verified; made (and, on first use, pinned) on first use."""
+        if self._http is None:
+            settings = self.settings
+            if not settings.https:
+                self._http = self._new_http(True)
+            elif settings.trust == "first-use":
+                bundle = self.trust_first_use()
+                assert settings.pin_file is not None
+                trust.write_pin(settings.pin_file, bundle.pem)
+                self._note(trust.pinned_note(settings.server, bundle, settings.pin_file))
+            else:
+                self._ssl = _tls_context(settings)
+                self._http = self._new_http(self._ssl)
+        assert self._http is not None
+        return self._http
+
+    def trust_first_use(self) -> trust.Bundle:
+        """Fetch the server's trust bundle without verification (and without the token),
+        then fetch it again verified with those roots; the verified answer is returned
+        and every later request verifies with it. Nothing is written."""
+        server = self.settings.server
+        with self._new_http(False) as unverified:
+            try:
+                body = self._send(unverified, "GET", trust.ROOTS_PATH, stage="unverified")
+            except ServerError as exc:
+                raise CtlError(
+                    f"cannot fetch the CA bundle of {server} to trust it on first use: "
+                    f"{exc.message}",
+                    f"Hint: is {server} meshd? Or pass --ca-file with its trust bundle "
+                    f"(<data-dir>/{trust.BUNDLE_FILE} on the meshd host)",
+                ) from exc
+        offered = trust.parse_bundle(body, f"the answer of {server}{trust.ROOTS_PATH}")
+        context = trust.context_from_pem(offered.pem)
+        verified = self._new_http(context)
+        try:
+            body = self._send(verified, "GET", trust.ROOTS_PATH, stage="first-use")
+            bundle = trust.parse_bundle(body, f"the answer of {server}{trust.ROOTS_PATH}")
+        except BaseException:
+            verified.close()
+            raise
+        if self._http is not None:
+            self._http.close()
+        self._http, self._ssl = verified, context
+        return bundle
+
+    def trust_more(self, pem: str) -> None:
+        """Also trust these roots from now on (for new connections). Only for roots that
+        came over a connection verified with the current ones (a root rotation followed
+        by ``ca rotate --wait``); no file changes."""
+        if self._ssl is not None:
+            self._ssl.load_verify_locations(cadata=pem)
 
     def __enter__(self) -> Client:
         return self
@@ -108,12 +183,34 @@ class Client:
             headers["Authorization"] = self.settings.authorization()
         if content_type:
             headers["Content-Type"] = content_type
+        return self._send(
+            self.http,
+            method,
+            url,
+            params=params,
+            json_body=json_body,
+            content=content,
+            headers=headers,
+        )
+
+    def _send(
+        self,
+        http: httpx.Client,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        stage: Stage = "request",
+    ) -> Any:
         try:
-            response = self._http.request(
+            response = http.request(
                 method, url, params=params, json=json_body, content=content, headers=headers
             )
         except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
+            raise self._transport_error(exc, stage) from exc
         return self._decode(response)
 
     def get(self, url: str, *, params: Mapping[str, str] | None = None, auth: bool = True) -> Any:
@@ -122,8 +219,9 @@ class Client:
     def probe(self, url: str) -> tuple[int, Any]:
         """An unauthenticated GET whose error statuses are answers, not failures
         (``/readyz`` answers 503 while meshd starts): ``(status, JSON or None)``."""
+        http = self.http
         try:
-            response = self._http.get(url)
+            response = http.get(url)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from exc
         try:
@@ -164,14 +262,22 @@ class Client:
             )
         return body
 
-    def _transport_error(self, exc: httpx.HTTPError) -> CtlError:
-        server = self.settings.server
-        source = (
-            ""
-            if self.settings.server_source == "default"
-            else f" (from {self.settings.server_source})"
-        )
+    def _transport_error(self, exc: httpx.HTTPError, stage: Stage = "request") -> CtlError:
+        settings = self.settings
+        server = settings.server
+        source = "" if settings.server_source == "default" else f" (from {settings.server_source})"
         reason = str(exc) or type(exc).__name__
+        failure = trust.verify_failure(exc) if isinstance(exc, httpx.ConnectError) else None
+        if failure is not None:
+            if failure.hostname:
+                return trust.hostname_error(server, source, failure.reason)
+            if stage == "first-use":
+                return trust.first_use_error(server, failure.reason)
+            if settings.trust == "pinned" and settings.ca_file is not None:
+                return trust.ca_changed_error(server, settings.ca_file, failure.reason)
+            return trust.untrusted_error(
+                server, source, settings.ca_file, settings.trust_source, failure.reason
+            )
         if isinstance(exc, httpx.TimeoutException):
             phase = "connect" if isinstance(exc, httpx.ConnectTimeout) else "answer"
             return CtlError(
@@ -179,16 +285,10 @@ class Client:
                 "Hint: is meshd running and reachable? A longer --timeout helps for large applies",
             )
         if isinstance(exc, httpx.ConnectError):
-            if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason.lower():
-                return CtlError(
-                    f"cannot verify the TLS certificate of {server}{source}: {reason}",
-                    "Hint: pass --ca-file (or MESHD_CA_FILE, or caFile in the config file) with "
-                    "the CA that signed meshd's certificate",
-                )
             if "WRONG_VERSION_NUMBER" in reason or "record layer failure" in reason:
                 return CtlError(
                     f"cannot connect to meshd at {server}{source}: it does not speak TLS there",
-                    "Hint: meshd serves plain HTTP on loopback; use http:// for it",
+                    "Hint: is that meshd's address? (meshd serves HTTPS only)",
                 )
             if "refused" in reason.lower():
                 why = "connection refused"
@@ -205,6 +305,6 @@ class Client:
         if isinstance(exc, httpx.RemoteProtocolError) and server.startswith("http://"):
             return CtlError(
                 f"{server}{source} did not speak HTTP as expected: {reason}",
-                "Hint: if meshd serves TLS there, use https://",
+                "Hint: meshd serves HTTPS only: use https://",
             )
         return CtlError(f"request to meshd at {server}{source} failed: {reason}")

@@ -8,6 +8,7 @@ failures are raised as :class:`meshd.ctl.errors.CtlError`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, TextIO
 
-from meshd.ctl import output
+from meshd.ctl import output, trust
 from meshd.ctl.client import YAML_CONTENT_TYPE, Client, path
 from meshd.ctl.config import Settings
 from meshd.ctl.errors import EXIT_FAILED, EXIT_OK, CtlError, ServerError, UsageError
@@ -44,6 +45,8 @@ class Context:
     err: TextIO = field(default_factory=lambda: sys.stderr)
     stdin: TextIO = field(default_factory=lambda: sys.stdin)
     clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
     _settings: Settings | None = None
     _client: Client | None = None
 
@@ -54,6 +57,11 @@ class Context:
             for warning in self._settings.warnings:
                 print(warning, file=self.err)
         return self._settings
+
+    def use_settings(self, settings: Settings) -> None:
+        """Replace the settings before the client is made (``ca trust --refresh``)."""
+        assert self._client is None
+        self._settings = settings
 
     @property
     def client(self) -> Client:
@@ -361,7 +369,7 @@ def cmd_proxy_config(ctx: Context, args: argparse.Namespace) -> int:
 # --- admin tokens -------------------------------------------------------------------------------
 
 
-def cmd_token_create(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_admin_token_create(ctx: Context, args: argparse.Namespace) -> int:
     record = ctx.client.request(
         "POST", "/v1/admin-tokens", json_body={"name": args.name, "role": args.role}
     )
@@ -379,7 +387,7 @@ def cmd_token_create(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_token_list(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_admin_token_list(ctx: Context, args: argparse.Namespace) -> int:
     body = ctx.client.get("/v1/admin-tokens")
     if args.output == "json":
         ctx.write(output.to_json(body))
@@ -390,10 +398,222 @@ def cmd_token_list(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_token_revoke(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_admin_token_revoke(ctx: Context, args: argparse.Namespace) -> int:
     ctx.client.request("DELETE", path("v1", "admin-tokens", args.id))
     ctx.say(f"admin token {args.id} revoked")
     ctx.note("(a server may accept it for a few more seconds while its cache expires)")
+    return EXIT_OK
+
+
+# --- join tokens --------------------------------------------------------------------------------
+
+
+def cmd_token_create(ctx: Context, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {
+        "service": args.service,
+        "namespace": _namespace(args),
+        "ttl": args.ttl,
+        "uses": "multi" if args.multi_use else "single",
+    }
+    if args.service_account:
+        body["serviceAccount"] = args.service_account
+    record = ctx.client.request("POST", "/v1/tokens", json_body=body)
+    record = record if isinstance(record, Mapping) else {}
+    if args.output == "json":
+        ctx.write(output.to_json(record))
+        return EXIT_OK
+    if args.output == "yaml":
+        ctx.write(output.to_yaml(dict(record)))
+        return EXIT_OK
+    ctx.say(str(record.get("token", "")))
+    now = ctx.clock()
+    uses = "multi-use" if record.get("uses") == "multi" else "single-use"
+    service, namespace = record.get("service", args.service), record.get("namespace", "")
+    ctx.note(
+        f"created join token {record.get('id')} for {record.get('spiffeId')} (service "
+        f"{service}, namespace {namespace}): {uses}, expires "
+        f"{output.at_time(record.get('expires_at'), now)}. It is shown only now."
+    )
+    ctx.note(
+        f"Give it to the sidecar: mesh-sidecar run --service {service} --namespace {namespace} "
+        '--token "$TOKEN" ...'
+    )
+    return EXIT_OK
+
+
+def cmd_token_list(ctx: Context, args: argparse.Namespace) -> int:
+    body = ctx.client.get("/v1/tokens")
+    items = _items(body)
+    if args.output == "json":
+        ctx.write(output.to_json(body))
+    elif args.output == "yaml":
+        ctx.write(output.to_yaml(items))
+    else:
+        ctx.write(output.join_tokens_table(items, ctx.clock()))
+        if not items:
+            ctx.note("No join tokens. meshctl token create --service S makes one.")
+    return EXIT_OK
+
+
+def cmd_token_revoke(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.client.request("DELETE", path("v1", "tokens", args.id))
+    ctx.say(f"join token {args.id} revoked")
+    ctx.note("(certificates already issued with it stay valid until they expire)")
+    return EXIT_OK
+
+
+# --- certificates and the CA ---------------------------------------------------------------------
+
+
+def cmd_certs(ctx: Context, args: argparse.Namespace) -> int:
+    body = ctx.client.get("/v1/certs")
+    body = body if isinstance(body, Mapping) else {}
+    if args.output == "json":
+        ctx.write(output.to_json(body))
+    elif args.output == "yaml":
+        ctx.write(output.to_yaml(dict(body)))
+    else:
+        now = ctx.clock()
+        ctx.write(output.certs_table(body, now))
+        notes = output.certs_notes(body, now)
+        if notes:
+            ctx.write("\n" + "".join(n + "\n" for n in notes))
+        if not _items(body):
+            ctx.note("No certificates issued yet: sidecars get theirs with a join token.")
+    return EXIT_OK
+
+
+def _write_status(ctx: Context, status: Any, fmt: str) -> None:
+    status = status if isinstance(status, Mapping) else {}
+    if fmt == "json":
+        ctx.write(output.to_json(status))
+    elif fmt == "yaml":
+        ctx.write(output.to_yaml(dict(status)))
+    else:
+        ctx.write(output.ca_status_text(status, ctx.clock()))
+
+
+def cmd_ca_status(ctx: Context, args: argparse.Namespace) -> int:
+    _write_status(ctx, ctx.client.get("/v1/ca/rotation"), args.output)
+    return EXIT_OK
+
+
+POLL_S = 1.0
+
+
+def cmd_ca_rotate(ctx: Context, args: argparse.Namespace) -> int:
+    status = ctx.client.request("POST", "/v1/ca/rotate")
+    status = status if isinstance(status, Mapping) else {}
+    _write_status(ctx, status, args.output)
+    if not args.wait:
+        ctx.note(
+            "The rotation goes on in meshd: meshctl ca status follows it "
+            "(or meshctl ca rotate --wait, next time)."
+        )
+        return EXIT_OK
+    return _follow_rotation(ctx, status, args.timeout)
+
+
+def _follow_rotation(ctx: Context, status: Mapping[str, Any], timeout: float | None) -> int:
+    """Poll every second; a line per phase change; done when the rotation is gone."""
+    rotation = status.get("rotation")
+    if not isinstance(rotation, Mapping):
+        raise CtlError("meshd answered without a rotation in progress; nothing to wait for")
+    mine = rotation.get("new")
+    deadline = None if timeout is None else ctx.monotonic() + timeout
+    limit = "" if timeout is None else f" (at most {timeout:g}s)"
+    ctx.note(f"Waiting for the rotation to finish{limit}; Ctrl-C stops waiting, not the rotation.")
+    bundle_digest = _bundle_digest(status)
+    previous: Mapping[str, Any] = status
+    while True:
+        if deadline is not None and ctx.monotonic() >= deadline:
+            current = previous.get("rotation")
+            phase = current.get("phase") if isinstance(current, Mapping) else "?"
+            raise CtlError(
+                f"the root rotation did not finish within {timeout:g}s; it is in phase {phase} "
+                "and goes on in meshd",
+                "Hint: meshctl ca status shows where it is; the old root leaves the bundle only "
+                "after the last certificate it signed has expired (the certificate lifetime)",
+            )
+        ctx.sleep(POLL_S)
+        body = ctx.client.get("/v1/ca/rotation")
+        current_status: Mapping[str, Any] = body if isinstance(body, Mapping) else {}
+        digest = _bundle_digest(current_status)
+        if digest and digest != bundle_digest:
+            # Authenticated by the roots already trusted: keep verifying meshd's
+            # certificate when it is reissued by the new root.
+            bundle = current_status.get("bundle")
+            roots = output.bundle_roots(bundle) if isinstance(bundle, Mapping) else []
+            ctx.client.trust_more("".join(str(r.get("pem", "")) for r in roots))
+            bundle_digest = digest
+        rotation = current_status.get("rotation")
+        before = previous.get("rotation")
+        if isinstance(rotation, Mapping) and rotation.get("new") == mine:
+            finished = False
+            changed = isinstance(before, Mapping) and rotation.get("phase") != before.get("phase")
+        else:
+            finished = changed = True
+        if changed:
+            line = output.rotation_event(current_status, previous)
+            ctx.say(f"{output.local_time(ctx.clock())} {line}")
+        previous = current_status
+        if finished:
+            break
+    ctx.note(
+        "Clients that pinned the old bundle must re-pin (meshctl ca trust --refresh), and "
+        f"copies of {trust.BUNDLE_FILE} must be copied again."
+    )
+    return EXIT_OK
+
+
+def _bundle_digest(status: Mapping[str, Any]) -> str:
+    bundle = status.get("bundle")
+    return str(bundle.get("digest") or "") if isinstance(bundle, Mapping) else ""
+
+
+def cmd_ca_trust(ctx: Context, args: argparse.Namespace) -> int:
+    settings = ctx.settings
+    if not settings.https or settings.pin_file is None:
+        raise UsageError(
+            f"{settings.server} is plain http: there is no certificate to verify, nothing to pin",
+            "Hint: meshd serves HTTPS: use https://",
+        )
+    pin = settings.pin_file
+    old: trust.Bundle | None = None
+    if pin.is_file():
+        try:
+            old = trust.read_bundle_file(pin)
+        except CtlError:
+            old = None
+    if args.refresh and settings.trust == "pinned":
+        settings = dataclasses.replace(settings, trust="first-use", ca_file=None, ca_source="")
+        ctx.use_settings(settings)
+    if settings.trust == "first-use":
+        bundle = ctx.client.trust_first_use()
+        how = (
+            "trusted on first use: compare these fingerprints with what `openssl x509 -noout "
+            f"-fingerprint -sha256 -in <data-dir>/{trust.BUNDLE_FILE}` prints on the meshd host"
+        )
+    else:
+        body = ctx.client.get(trust.ROOTS_PATH, auth=False)
+        bundle = trust.parse_bundle(body, f"the answer of {settings.server}{trust.ROOTS_PATH}")
+        how = f"verified with {settings.ca_file}{settings.trust_source}"
+    if old is not None and set(old.fingerprints) == set(bundle.fingerprints):
+        verb = "is already pinned"
+    else:
+        trust.write_pin(pin, bundle.pem)
+        verb = "pinned" if old is None else "re-pinned"
+    ctx.say(f"CA bundle of {settings.server} {verb} in {pin}")
+    ctx.say(f"  {how}")
+    for root in bundle.roots:
+        signing = ", signing" if root.signing else ""
+        not_after = output.iso_seconds(root.not_after)
+        until = f", not after {output.local_time(not_after)}" if not_after else ""
+        ctx.say(f"  root SHA-256 {root.fingerprint}{signing}{until}")
+    if old is not None:
+        for fp in old.fingerprints:
+            if fp not in bundle.fingerprints:
+                ctx.say(f"  removed: root SHA-256 {fp}")
     return EXIT_OK
 
 

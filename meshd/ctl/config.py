@@ -6,6 +6,10 @@ mapping with the keys ``server``, ``token`` and ``caFile``. Without a token from
 these, and only for a server on loopback, ``admin.token`` in ``--data-dir`` /
 ``MESHD_DATA_DIR`` is used (meshd writes its first admin token there).
 
+meshd serves HTTPS with a certificate from its own CA; which roots verify it is decided
+here too (``Settings.trust``), in the order :mod:`meshd.ctl.trust` describes: CA file,
+the data dir's ``ca-bundle.pem``, the bundle pinned for the server, trust on first use.
+
 A bearer token never crosses a non-loopback link in cleartext: :func:`check_cleartext`
 refuses to send one to a plain ``http://`` server that is not on loopback.
 """
@@ -23,9 +27,10 @@ from urllib.parse import urlsplit
 import yaml
 
 from meshd.ctl.errors import UsageError, yaml_problem
+from meshd.ctl.trust import BUNDLE_FILE, TrustKind, config_home, pin_path
 from meshd.netaddr import is_loopback_host, is_loopback_url
 
-DEFAULT_SERVER = "http://127.0.0.1:15012"
+DEFAULT_SERVER = "https://127.0.0.1:15012"
 CONFIG_KEYS = ("server", "token", "caFile")
 ENV_SERVER = "MESHD_ADDR"
 ENV_TOKEN = "MESHD_TOKEN"  # noqa: S105 - a variable name, not a secret
@@ -62,12 +67,30 @@ class Settings:
     token: str | None = None
     token_source: str = ""
     ca_file: Path | None = None
+    """The roots that verify the server (a CA file, the data dir's bundle or the pin);
+    None for trust on first use and for plain http."""
     ca_source: str = ""
+    trust: TrustKind = "none"
+    pin_file: Path | None = None
+    """Where this server's bundle is (or would be) pinned; None for plain http."""
     warnings: tuple[str, ...] = ()
 
     @property
     def loopback(self) -> bool:
         return is_loopback_url(self.server)
+
+    @property
+    def https(self) -> bool:
+        return self.server.startswith("https://")
+
+    @property
+    def trust_source(self) -> str:
+        """`` (from --ca-file)``, `` (pinned)``...: where the roots came from, for errors."""
+        if self.trust == "pinned":
+            return " (pinned)"
+        if self.trust == "first-use":
+            return " (trusted on first use)"
+        return f" (from {self.ca_source})" if self.ca_source else ""
 
     def authorization(self) -> str:
         """The ``Authorization`` header value; raises if there is no token or it would go
@@ -81,8 +104,7 @@ class Settings:
 
 
 def default_config_path(env: Mapping[str, str]) -> Path:
-    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
-    return Path(base) / "meshd" / "config.yaml"
+    return config_home(env) / "config.yaml"
 
 
 def check_server_url(url: str, source: str) -> str:
@@ -92,8 +114,7 @@ def check_server_url(url: str, source: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(
             f"the server address {url!r} (from {source}) is not a URL",
-            "Hint: use http://HOST:PORT on the meshd host itself, https://HOST:PORT elsewhere, "
-            f"e.g. {DEFAULT_SERVER}",
+            f"Hint: meshd serves HTTPS: use https://HOST:PORT, e.g. {DEFAULT_SERVER}",
         )
     try:
         _ = parts.port
@@ -116,9 +137,8 @@ def check_cleartext(server: str, token_source: str = "") -> None:
         raise UsageError(
             f"refusing to send the token{origin} to {server} over plain http: it would cross "
             "the network in cleartext",
-            f"Hint: use https://{parts.netloc}{parts.path} (meshd serve --tls-cert/--tls-key; "
-            "--ca-file if its CA is private), or run meshctl on the meshd host against "
-            "http://127.0.0.1",
+            f"Hint: use https://{parts.netloc}{parts.path}: meshd serves HTTPS, with a "
+            "certificate meshctl verifies against the mesh's CA",
         )
 
 
@@ -233,6 +253,11 @@ def resolve(
         if not server.startswith("https://"):
             warnings.append(f"warning: the CA file ({ca_source}) is unused: {server} is not https")
 
+    trust: TrustKind = "none"
+    pin: Path | None = None
+    if server.startswith("https://"):
+        pin = pin_path(env, server)
+        trust, ca_file, ca_source = _trust(flags, env, ca_file, ca_source, pin)
     return Settings(
         server=server,
         server_source=server_source,
@@ -240,5 +265,26 @@ def resolve(
         token_source=token_source if token else "",
         ca_file=ca_file,
         ca_source=ca_source,
+        trust=trust,
+        pin_file=pin,
         warnings=tuple(warnings),
     )
+
+
+def _trust(
+    flags: Flags, env: Mapping[str, str], ca_file: Path | None, ca_source: str, pin: Path
+) -> tuple[TrustKind, Path | None, str]:
+    """CA file > the data dir's bundle (if it exists) > the pin (if it exists) > first use."""
+    if ca_file is not None:
+        return "ca-file", ca_file, ca_source
+    if flags.data_dir:
+        data_dir, source = flags.data_dir, "--data-dir"
+    else:
+        data_dir, source = env.get(ENV_DATA_DIR) or "", ENV_DATA_DIR
+    if data_dir:
+        bundle = Path(data_dir).expanduser() / BUNDLE_FILE
+        if bundle.is_file():
+            return "data-dir", bundle, source
+    if pin.is_file():
+        return "pinned", pin, "the pinned bundle"
+    return "first-use", None, ""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
@@ -31,11 +33,21 @@ ENVIRONMENT = f"""\
 connection (flag > environment > config file > default):
   --server / MESHD_ADDR / server:     meshd's URL (default {DEFAULT_SERVER})
   --token / MESHD_TOKEN / token:      bearer token (admin, editor or viewer role)
-  --ca-file / MESHD_CA_FILE / caFile: CA bundle to verify an https:// server
+  --ca-file / MESHD_CA_FILE / caFile: the CA bundle that verifies meshd's certificate
   --config / MESHD_CONFIG:            the config file (default ~/.config/meshd/config.yaml)
-  --data-dir / MESHD_DATA_DIR:        on the meshd host, use DIR/admin.token when no
-                                      token is given (loopback servers only)
+  --data-dir / MESHD_DATA_DIR:        on the meshd host, trust DIR/ca-bundle.pem, and use
+                                      DIR/admin.token when no token is given (loopback
+                                      servers only)
   A token is never sent over plain http:// to a host other than loopback.
+
+trusting meshd's certificate (it is issued by the mesh's own CA), first found wins:
+  1. --ca-file / MESHD_CA_FILE / caFile
+  2. DIR/ca-bundle.pem of --data-dir / MESHD_DATA_DIR, if it exists (meshd writes it)
+  3. the bundle pinned for the server: ~/.config/meshd/pinned/HOST_PORT.pem
+  4. trust on first use: meshctl fetches the bundle (without the token), verifies the
+     server with it, pins it and prints its fingerprints to compare with the meshd
+     host's. A pinned bundle that stops verifying is an error, never re-pinned
+     silently: meshctl ca trust --refresh re-pins deliberately.
 """
 
 MAIN_EPILOG = f"""\
@@ -46,6 +58,9 @@ examples:
   meshctl describe vs reviews                 what it says and which proxies it affects
   meshctl history vs reviews                  its revisions; rollback undoes one
   meshctl proxy-status                        is every sidecar running the latest config?
+  meshctl token create --service reviews      a join token for the sidecars of reviews
+  meshctl certs                               every proxy's certificate and its expiry
+  meshctl ca status                           the trust bundle and any root rotation
 
 {ENVIRONMENT}
 {EXIT_CODES}"""
@@ -97,7 +112,8 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--ca-file",
         metavar="PATH",
         default=default(None),
-        help="PEM CA bundle to verify an https:// server [env MESHD_CA_FILE]",
+        help="PEM bundle of the CA roots that verify meshd's certificate (its "
+        "<data-dir>/ca-bundle.pem) [env MESHD_CA_FILE]",
     )
     group.add_argument(
         "--config",
@@ -110,15 +126,16 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--data-dir",
         metavar="DIR",
         default=default(None),
-        help="meshd's data dir: without a token, use DIR/admin.token (loopback only) "
-        "[env MESHD_DATA_DIR]",
+        help="meshd's data dir: trust DIR/ca-bundle.pem and, without a token, use "
+        "DIR/admin.token (loopback only) [env MESHD_DATA_DIR]",
     )
     group.add_argument(
         "--timeout",
         metavar="SECONDS",
         type=_positive_float,
-        default=default(DEFAULT_TIMEOUT_S),
-        help=f"give up on a request after this long (default {DEFAULT_TIMEOUT_S:g})",
+        default=default(None),
+        help=f"give up on a request after this long (default {DEFAULT_TIMEOUT_S:g}); for "
+        "ca rotate --wait, on the whole wait (default: no limit)",
     )
 
 
@@ -130,6 +147,18 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError("must be more than 0")
     return value
+
+
+_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+")
+
+
+def _duration(text: str) -> str:
+    """A Go/Istio duration (``1h``, ``30m``, ``1h30m``), kept as written for meshd."""
+    if not _DURATION.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: use a number with a unit, e.g. 30m, 1h, 24h, 1h30m"
+        )
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -192,7 +221,9 @@ def _file_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshctl",
-        description="meshctl — manage meshd's rules, proxies and tokens through its REST API.",
+        description=(
+            "meshctl — manage meshd's rules, proxies, tokens and certificates through its REST API."
+        ),
         epilog=MAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -423,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q = tokens.add(
         "create",
-        commands.cmd_token_create,
+        commands.cmd_admin_token_create,
         help="create a token; prints it once",
         description=(
             "Create a token and print it on stdout (the details go to stderr), so it can be "
@@ -450,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q = tokens.add(
         "list",
-        commands.cmd_token_list,
+        commands.cmd_admin_token_list,
         help="list tokens (never their secret)",
         description="List every admin token: ID, NAME, ROLE, CREATED, CREATED BY.",
         examples="""
@@ -463,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q = tokens.add(
         "revoke",
-        commands.cmd_token_revoke,
+        commands.cmd_admin_token_revoke,
         help="revoke a token by id",
         description="Revoke a token; requests with it fail from then on (within a few seconds).",
         examples="""
@@ -472,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
         """,
     )
     q.add_argument("id", metavar="ID", help="the token's id, from admin-token list")
+
+    _identity_commands(cmds)
 
     p = cmds.add(
         "version",
@@ -493,6 +526,239 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _identity_commands(cmds: _Commands) -> None:
+    """``token`` (join tokens), ``certs`` and ``ca``."""
+    p = cmds.add(
+        "token",
+        None,
+        help="create, list and revoke join tokens (a sidecar's first certificate)",
+        description=(
+            "A join token lets the instances of one service get their first workload "
+            "certificate: it is scoped to one identity (spiffe://<trust-domain>/ns/<namespace>/"
+            "sa/<service-account>), expires (default after 1h), is single-use unless "
+            "--multi-use, and can be revoked. Renewals need no token: a sidecar renews with "
+            "its current certificate. meshd stores only a hash; a new token is shown once. "
+            "Needs the editor role."
+        ),
+        examples="""
+            meshctl token create --service reviews --namespace bookinfo
+            TOKEN=$(meshctl token create --service reviews --namespace bookinfo)
+            meshctl token list
+            meshctl token revoke 3f9a0c1d2b4e5f60
+        """,
+    )
+    tokens = _Commands(
+        p.add_subparsers(dest="token_command", metavar="ACTION", title="actions", required=True)
+    )
+    q = tokens.add(
+        "create",
+        commands.cmd_token_create,
+        help="create a join token; prints it once",
+        description=(
+            "Create a join token for the instances of one service and print it on stdout, "
+            "alone, so it can be captured: TOKEN=$(meshctl token create --service reviews). "
+            "Its id, identity, expiry and whether it is single- or multi-use go to stderr. "
+            "A single-use token yields one certificate; a --multi-use one serves every "
+            "instance started before it expires (autoscaling, restarts)."
+        ),
+        examples="""
+            meshctl token create --service reviews      # prints the token, details on stderr
+            TOKEN=$(meshctl token create --service reviews)
+            mesh-sidecar run --service reviews --token "$TOKEN" --app-port 9080
+            meshctl token create --service reviews -n bookinfo --ttl 30m
+            meshctl token create --service reviews --multi-use --ttl 24h
+            meshctl token create --service reviews --service-account bookinfo-reviews
+            meshctl token create --service ratings -o json
+        """,
+    )
+    q.add_argument("--service", required=True, metavar="SERVICE", help="the service it is for")
+    _namespace_option(q, "the service's namespace")
+    q.add_argument(
+        "--service-account",
+        metavar="SA",
+        default=None,
+        help="the identity's service account (default: the service name)",
+    )
+    q.add_argument(
+        "--ttl",
+        type=_duration,
+        default="1h",
+        metavar="DURATION",
+        help="how long the token can be used, e.g. 30m, 24h (default 1h, at most 720h)",
+    )
+    q.add_argument(
+        "--multi-use",
+        action="store_true",
+        help="usable by any number of instances until it expires (default: single-use)",
+    )
+    q.add_argument(
+        "-o",
+        "--output",
+        choices=["token", "json", "yaml"],
+        default="token",
+        help="token (default): just the token; json/yaml: the whole record, token included",
+    )
+    q = tokens.add(
+        "list",
+        commands.cmd_token_list,
+        help="list join tokens (never their secret)",
+        description=(
+            "List every join token: ID, SERVICE, NAMESPACE, IDENTITY (the SPIFFE ID its "
+            "certificates get), USES (single or multi), USED (whether a single-use token has "
+            "been redeemed; - for multi-use), EXPIRES (relative) and CREATED BY."
+        ),
+        examples="""
+            meshctl token list
+            meshctl token list -o json
+        """,
+    )
+    q.add_argument(
+        "-o", "--output", choices=["table", "json", "yaml"], default="table", help="default table"
+    )
+    q = tokens.add(
+        "revoke",
+        commands.cmd_token_revoke,
+        help="revoke a join token by id",
+        description=(
+            "Revoke a join token: no certificate is issued with it from then on. Certificates "
+            "already issued with it stay valid until they expire."
+        ),
+        examples="""
+            meshctl token list
+            meshctl token revoke 3f9a0c1d2b4e5f60
+        """,
+    )
+    q.add_argument("id", metavar="ID", help="the token's id, from token list")
+
+    p = cmds.add(
+        "certs",
+        commands.cmd_certs,
+        help="every proxy's certificate: identity, issuing root, expiry",
+        description=(
+            "The newest workload certificate of every proxy. ROOT is the root it chains to "
+            "(short id), marked (signing) when it is the root that signs new certificates and "
+            "(untrusted!) when it has left the trust bundle, so peers reject the certificate. "
+            "SERIAL is shortened. EXPIRES is relative, flagged (<1h) when near and EXPIRED "
+            "once past; sidecars renew at half-life. VIA: join-token (first certificate) or "
+            "renewal. Needs the viewer role."
+        ),
+        examples="""
+            meshctl certs
+            meshctl certs -o json | jq '.items[] | select(.expiresIn < 3600) | .proxy'
+            meshctl certs -o yaml
+        """,
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=["table", "json", "yaml"],
+        default="table",
+        help="output format (default table)",
+    )
+
+    p = cmds.add(
+        "ca",
+        None,
+        help="the mesh CA: its trust bundle, root rotation, and trusting meshd",
+        description=(
+            "The trust bundle holds every root a peer may chain to; one of them signs new "
+            "certificates. A root rotation adds a new root to the bundle, switches signing to "
+            "it once every proxy holds it, and removes the old root once the last certificate "
+            "it signed has expired, so no handshake fails on the way."
+        ),
+        examples="""
+            meshctl ca status
+            meshctl ca rotate --wait
+            meshctl ca trust
+            meshctl ca trust --refresh
+        """,
+    )
+    ca = _Commands(
+        p.add_subparsers(dest="ca_command", metavar="ACTION", title="actions", required=True)
+    )
+    q = ca.add(
+        "status",
+        commands.cmd_ca_status,
+        help="the trust bundle and the root rotation in progress, if any",
+        description=(
+            "The trust bundle (each root's short id, whether it signs, when it expires) and, "
+            "while a root rotation runs, its phase, when and by whom it was started, how many "
+            "proxies on each meshd replica still lack the new bundle (with examples), and "
+            "when the old root will leave the bundle. Needs the viewer role."
+        ),
+        examples="""
+            meshctl ca status
+            meshctl ca status -o json | jq .rotation.phase
+        """,
+    )
+    q.add_argument(
+        "-o",
+        "--output",
+        choices=["text", "json", "yaml"],
+        default="text",
+        help="output format (default text)",
+    )
+    q = ca.add(
+        "rotate",
+        commands.cmd_ca_rotate,
+        help="start a root rotation (admin role)",
+        description=(
+            "Start a root rotation and print its status. Phases: distributing (the new root "
+            "is in the bundle; signing switches once every proxy holds it), switched (the new "
+            "root signs; the old one stays trusted until the last certificate it signed has "
+            "expired, i.e. one certificate lifetime), then finished (the old root left the "
+            "bundle). meshd refuses to start a second one while one runs (exit 1).\n\n"
+            "--wait follows it, polling every second and printing a line per phase change, "
+            "until it finishes or --timeout SECONDS passes (default: no limit; exit 1 then, "
+            "the rotation goes on). Once it finished, clients that pinned the old bundle must "
+            "re-pin (meshctl ca trust --refresh) and copies of ca-bundle.pem be refreshed."
+        ),
+        examples="""
+            meshctl ca rotate
+            meshctl ca rotate --wait
+            meshctl ca rotate --wait --timeout 600
+        """,
+    )
+    q.add_argument("--wait", action="store_true", help="follow the rotation until it finishes")
+    q.add_argument(
+        "-o",
+        "--output",
+        choices=["text", "json", "yaml"],
+        default="text",
+        help="format of the status printed first (default text)",
+    )
+    q = ca.add(
+        "trust",
+        commands.cmd_ca_trust,
+        help="pin the server's trust bundle and print its fingerprints",
+        description=(
+            "Fetch meshd's trust bundle (GET /v1/ca/roots, without the token) and pin it in "
+            "~/.config/meshd/pinned/HOST_PORT.pem, the bundle meshctl verifies this server "
+            "with when no --ca-file or data dir is given. It is fetched over a connection "
+            "verified with what meshctl already trusts (CA file, data dir or the pin); with "
+            "nothing (first use) it is fetched unverified, then the server is verified with "
+            "it. Prints the SHA-256 fingerprint of every root: compare them with the meshd "
+            "host's (openssl x509 -noout -fingerprint -sha256 -in <data-dir>/ca-bundle.pem)."
+            "\n\n"
+            "When the pinned bundle no longer verifies the server (meshd's CA changed: a root "
+            "rotation finished, or meshd was set up anew), meshctl refuses to connect; "
+            "--refresh forgets the pin and pins what the server presents now. Check the "
+            "fingerprints it prints: if you did not expect the change, something may be "
+            "impersonating meshd."
+        ),
+        examples="""
+            meshctl ca trust
+            meshctl ca trust --server https://meshd.example:15012
+            meshctl ca trust --refresh
+        """,
+    )
+    q.add_argument(
+        "--refresh",
+        action="store_true",
+        help="replace a pinned bundle that no longer verifies the server",
+    )
+
+
 def _flags(args: argparse.Namespace) -> Flags:
     return Flags(
         server=args.server,
@@ -511,9 +777,11 @@ def main(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     transport: httpx.BaseTransport | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> int:
     """Run meshctl; returns the exit code (see ``meshctl --help``). ``env`` replaces
-    ``os.environ`` and ``transport`` the network, for tests."""
+    ``os.environ``, ``transport`` the network and ``sleep`` the waits between polls, for
+    tests."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     parser = build_parser()
@@ -526,12 +794,22 @@ def main(
         parser.print_help(err)
         return EXIT_USAGE
     environ = os.environ if env is None else env
+
+    def note(line: str) -> None:
+        print(line, file=err)
+
     ctx = commands.Context(
         make_settings=lambda: resolve(_flags(args), environ),
-        make_client=lambda settings: Client(settings, timeout_s=args.timeout, transport=transport),
+        make_client=lambda settings: Client(
+            settings,
+            timeout_s=args.timeout or DEFAULT_TIMEOUT_S,
+            transport=transport,
+            note=note,
+        ),
         out=out,
         err=err,
         stdin=stdin or sys.stdin,
+        sleep=sleep or time.sleep,
     )
     try:
         return handler(ctx, args)

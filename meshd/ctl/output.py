@@ -6,12 +6,15 @@ passed in, so every function here is testable without a clock or a socket.
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import yaml
+
+from meshd.ctl.trust import short_id
 
 NONE = "<none>"
 RESOURCE_VERSION = "resourceVersion"
@@ -48,6 +51,17 @@ def yaml_stream(documents: Iterable[Any]) -> str:
     return "".join("---\n" + to_yaml(d) for d in documents)
 
 
+def span(seconds: float) -> str:
+    """``12s``, ``5m``, ``3h``, ``2d``: a duration, rounded down to its largest unit."""
+    if seconds < 120:
+        return f"{int(seconds)}s"
+    if seconds < 2 * 3600:
+        return f"{int(seconds // 60)}m"
+    if seconds < 48 * 3600:
+        return f"{int(seconds // 3600)}h"
+    return f"{int(seconds // 86400)}d"
+
+
 def ago(at: float | None, now: float) -> str:
     """``12s ago``, ``5m ago``, ``3h ago``, ``2d ago``; ``never`` for no time."""
     if not at:
@@ -55,13 +69,17 @@ def ago(at: float | None, now: float) -> str:
     delta = now - at
     if delta < 1:
         return "just now"
-    if delta < 120:
-        return f"{int(delta)}s ago"
-    if delta < 2 * 3600:
-        return f"{int(delta // 60)}m ago"
-    if delta < 48 * 3600:
-        return f"{int(delta // 3600)}h ago"
-    return f"{int(delta // 86400)}d ago"
+    return f"{span(delta)} ago"
+
+
+def relative(at: float | None, now: float) -> str:
+    """``in 5m`` for a future time, ``5m ago`` for a past one; ``-`` for none."""
+    if not at:
+        return "-"
+    delta = at - now
+    if delta >= 1:
+        return f"in {span(delta)}"
+    return ago(at, now)
 
 
 def local_time(at: float) -> str:
@@ -73,6 +91,26 @@ def when(at: float | None, now: float) -> str:
     if not at:
         return "never"
     return f"{local_time(at)} ({ago(at, now)})"
+
+
+def at_time(at: float | None, now: float) -> str:
+    """Local time and how far away, either way: ``2025-01-02 15:04:05 (in 3h)``."""
+    if not at:
+        return "-"
+    return f"{local_time(at)} ({relative(at, now)})"
+
+
+def iso_seconds(text: Any) -> float | None:
+    """Unix seconds of an ISO 8601 time (``2035-01-01T00:00:00+00:00``); None if not one."""
+    if isinstance(text, int | float):
+        return float(text)
+    try:
+        moment = datetime.datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
 
 
 def short(version: str | None) -> str:
@@ -526,3 +564,234 @@ def proxy_summary(config: Item) -> str:
         text = table(["NAME", "PROTOCOL", "TLS", "LB", "ENDPOINTS"], rows)
         out.extend("  " + line for line in text.splitlines())
     return "\n".join(out) + "\n"
+
+
+# --- workload identity: join tokens, certificates, the CA -----------------------------------
+
+EXPIRING_SOON_S = 3600.0
+
+
+def join_tokens_table(items: Sequence[Item], now: float) -> str:
+    """ID, SERVICE, NAMESPACE, IDENTITY, USES, USED, EXPIRES, CREATED BY. USED is ``-`` for
+    multi-use tokens (meshd does not record their uses)."""
+    rows = []
+    for t in items:
+        multi = t.get("uses") == "multi"
+        expires_at = t.get("expires_at")
+        expired = bool(t.get("expired")) or (
+            isinstance(expires_at, int | float) and expires_at <= now
+        )
+        expires = f"expired {ago(expires_at, now)}" if expired else relative(expires_at, now)
+        rows.append(
+            [
+                str(t.get("id", "")),
+                str(t.get("service", "")),
+                str(t.get("namespace", "")),
+                str(t.get("spiffeId", "")),
+                "multi" if multi else "single",
+                "-" if multi else ("yes" if t.get("used") else "no"),
+                expires,
+                str(t.get("createdBy", "")),
+            ]
+        )
+    return table(
+        ["ID", "SERVICE", "NAMESPACE", "IDENTITY", "USES", "USED", "EXPIRES", "CREATED BY"], rows
+    )
+
+
+def expiry(at: Any, now: float) -> str:
+    """``in 23h``; ``in 42m (<1h)`` when it is near; ``EXPIRED 3m ago`` once past."""
+    if not isinstance(at, int | float) or not at:
+        return "-"
+    left = at - now
+    if left <= 0:
+        return f"EXPIRED {ago(at, now)}"
+    text = f"in {span(left)}"
+    return f"{text} (<1h)" if left < EXPIRING_SOON_S else text
+
+
+def _root_cell(cert: Item, signing_root: str) -> str:
+    root = str(cert.get("root") or "")
+    text = short_id(root)
+    if cert.get("rootTrusted") is False:
+        return f"{text} (untrusted!)"
+    if root and root == signing_root:
+        return f"{text} (signing)"
+    return text
+
+
+CERT_HEADERS = ("PROXY", "IDENTITY", "ROOT", "SERIAL", "EXPIRES", "VIA")
+
+
+def certs_table(body: Item, now: float) -> str:
+    """Every proxy's newest certificate; the header is printed even for none."""
+    bundle = body.get("bundle")
+    signing = str(bundle.get("signingRoot") or "") if isinstance(bundle, Mapping) else ""
+    rows = [
+        [
+            str(c.get("proxy") or "-"),
+            str(c.get("spiffeId", "")),
+            _root_cell(c, signing),
+            short_id(c.get("serial")),
+            expiry(c.get("notAfter"), now),
+            str(c.get("via") or "-"),
+        ]
+        for c in _list(body.get("items"))
+        if isinstance(c, Mapping)
+    ]
+    return table(CERT_HEADERS, rows)
+
+
+def certs_notes(body: Item, now: float) -> list[str]:
+    """What needs attention, for under the table: certificates whose root left the
+    bundle (peers reject them) and expired ones."""
+    certs = [c for c in _list(body.get("items")) if isinstance(c, Mapping)]
+    lines = []
+    untrusted = [
+        str(c.get("proxy") or c.get("spiffeId")) for c in certs if c.get("rootTrusted") is False
+    ]
+    if untrusted:
+        lines.append(
+            f"{len(untrusted)} certificate(s) chain to a root that is no longer in the trust "
+            f"bundle, so peers reject them: {_more(untrusted)}. Their proxies must renew "
+            "(a sidecar renews at half-life; restart one that is stuck)."
+        )
+    expired = [
+        str(c.get("proxy") or c.get("spiffeId"))
+        for c in certs
+        if isinstance(c.get("notAfter"), int | float) and c["notAfter"] <= now
+    ]
+    if expired:
+        lines.append(
+            f"{len(expired)} certificate(s) expired: {_more(expired)}. A running sidecar renews "
+            "before expiry; these proxies are gone or cannot reach meshd."
+        )
+    return lines
+
+
+def bundle_roots(bundle: Item) -> list[Mapping[str, Any]]:
+    return [r for r in _list(bundle.get("roots")) if isinstance(r, Mapping)]
+
+
+def bundle_lines(bundle: Item, now: float) -> list[str]:
+    roots = bundle_roots(bundle)
+    head = (
+        f"Bundle:        digest {bundle.get('digest', '-')}, {len(roots)} "
+        f"root{'' if len(roots) == 1 else 's'}"
+    )
+    rows = [
+        [
+            short_id(r.get("id")),
+            "yes" if r.get("signing") else "no",
+            at_time(iso_seconds(r.get("notAfter")), now),
+        ]
+        for r in roots
+    ]
+    text = table(["ROOT", "SIGNING", "NOT AFTER"], rows)
+    return [head, *("  " + line for line in text.splitlines())]
+
+
+def _lacking(count: int) -> str:
+    return "1 proxy lacks it" if count == 1 else f"{count} proxies lack it"
+
+
+def _replica_line(report: Item, digest: str, now: float) -> str:
+    name = short_id(report.get("replica"))
+    reported = f"reported {ago(report.get('at'), now)}"
+    if report.get("digest") != digest:
+        return f"    replica {name}: has not reported on the new bundle yet ({reported})"
+    lagging = int(report.get("lagging") or 0)
+    if lagging == 0:
+        return f"    replica {name}: every proxy holds it ({reported})"
+    examples = [str(e) for e in _list(report.get("examples"))]
+    eg = f" (e.g. {', '.join(examples)})" if examples else ""
+    return f"    replica {name}: {_lacking(lagging)}{eg}, {reported}"
+
+
+def lagging_total(status: Item) -> int | None:
+    """Proxies (over every replica) that lack the rotation's new bundle; None before any
+    replica reported on it."""
+    rotation = status.get("rotation")
+    if not isinstance(rotation, Mapping):
+        return None
+    reports = [
+        r
+        for r in _list(status.get("replicas"))
+        if isinstance(r, Mapping) and r.get("digest") == rotation.get("digest")
+    ]
+    if not reports:
+        return None
+    return sum(int(r.get("lagging") or 0) for r in reports)
+
+
+def rotation_lines(status: Item, now: float) -> list[str]:
+    rotation = status.get("rotation")
+    if not isinstance(rotation, Mapping):
+        return ["Rotation:      none (meshctl ca rotate starts one)"]
+    phase = str(rotation.get("phase", "?"))
+    started = f"started {when(rotation.get('startedAt'), now)} by {rotation.get('startedBy', '?')}"
+    old, new = short_id(rotation.get("old")), short_id(rotation.get("new"))
+    if phase == "distributing":
+        lines = [
+            f"Rotation:      distributing the new root ({started})",
+            f"  Old root:    {old}: signs until every proxy holds the new root",
+            f"  New root:    {new}: in the bundle; signs once every proxy holds it",
+        ]
+        total = lagging_total(status)
+        digest = str(rotation.get("digest", ""))
+        if total is None:
+            lines.append(f"  Waiting for: the replicas to report on bundle {digest}")
+        elif total:
+            lines.append(
+                f"  Waiting for: {total} prox{'y' if total == 1 else 'ies'} to get bundle {digest}"
+            )
+        else:
+            lines.append(f"  Waiting for: nothing: every proxy holds bundle {digest}")
+        reports = [r for r in _list(status.get("replicas")) if isinstance(r, Mapping)]
+        lines.extend(_replica_line(r, digest, now) for r in reports)
+        return lines
+    if phase == "switched":
+        return [
+            f"Rotation:      switched to the new root at {when(rotation.get('switchedAt'), now)} "
+            f"({started})",
+            f"  Old root:    {old}: leaves the bundle at "
+            f"{at_time(rotation.get('retireAfter'), now)}, once the last certificate it "
+            "signed has expired",
+            f"  New root:    {new}: signs every new certificate",
+        ]
+    return [f"Rotation:      phase {phase} ({started})"]
+
+
+def ca_status_text(status: Item, now: float) -> str:
+    """``meshctl ca status``: the trust bundle and the rotation in progress, if any."""
+    bundle = status.get("bundle")
+    bundle = bundle if isinstance(bundle, Mapping) else {}
+    lines = [f"Trust domain:  {bundle.get('trustDomain', '-')}"]
+    lines += bundle_lines(bundle, now)
+    lines += rotation_lines(status, now)
+    return "\n".join(lines) + "\n"
+
+
+def rotation_event(status: Item | None, previous: Item | None) -> str:
+    """The line ``ca rotate --wait`` prints when the phase changes (no time stamp)."""
+    rotation = status.get("rotation") if status is not None else None
+    before = previous.get("rotation") if previous is not None else None
+    if not isinstance(rotation, Mapping) or (
+        isinstance(before, Mapping) and rotation.get("new") != before.get("new")
+    ):
+        old = short_id(before.get("old")) if isinstance(before, Mapping) else "-"
+        return f"finished: the old root {old} left the bundle"
+    old, new = short_id(rotation.get("old")), short_id(rotation.get("new"))
+    phase = rotation.get("phase")
+    if phase == "distributing":
+        total = lagging_total(status) if status is not None else None
+        waiting = "waiting for the replicas to report" if total is None else _lacking(total)
+        return f"distributing: new root {new} is in the bundle; {waiting}"
+    if phase == "switched":
+        retire = rotation.get("retireAfter")
+        at = local_time(retire) if isinstance(retire, int | float) else "?"
+        return (
+            f"switched: every proxy holds the new root; {new} signs from now on; "
+            f"the old root {old} leaves the bundle at {at}"
+        )
+    return f"{phase}: root {old} -> {new}"

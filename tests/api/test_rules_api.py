@@ -223,7 +223,7 @@ def test_list_filters(api: httpx.Client, ns: str) -> None:
 
 
 def test_roles_and_audit(meshd_server: MeshdProcess, api: httpx.Client, ns: str) -> None:
-    with httpx.Client(base_url=meshd_server.url) as anonymous:
+    with httpx.Client(base_url=meshd_server.url, verify=meshd_server.verify()) as anonymous:
         reply = anonymous.get("/v1/resources")
         assert reply.status_code == 401
         assert reply.headers["content-type"] == "application/problem+json"
@@ -251,7 +251,7 @@ def test_roles_and_audit(meshd_server: MeshdProcess, api: httpx.Client, ns: str)
 
 
 def test_health_endpoints(meshd_server: MeshdProcess) -> None:
-    with httpx.Client(base_url=meshd_server.url) as anonymous:
+    with httpx.Client(base_url=meshd_server.url, verify=meshd_server.verify()) as anonymous:
         assert anonymous.get("/healthz").json() == {"status": "ok"}
         ready = anonymous.get("/readyz")
         assert ready.status_code == 200

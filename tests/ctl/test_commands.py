@@ -3,10 +3,7 @@ requests, rendering and exit codes, without sockets."""
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,84 +11,9 @@ import httpx
 import pytest
 import yaml
 
-from meshd.ctl.main import build_parser, main
+from meshd.ctl.main import build_parser
 from tests.ctl.bookinfo import REVIEWS_DESTINATION_RULE, REVIEWS_VIRTUAL_SERVICE
-
-TOKEN = "mshd_test"
-Answer = tuple[int, Any] | Callable[[httpx.Request], httpx.Response]
-
-
-def problem(
-    status: int, detail: str, errors: list[dict[str, str]] | None = None
-) -> tuple[int, Any]:
-    body: dict[str, Any] = {
-        "type": "urn:meshd:problem:x",
-        "title": "t",
-        "status": status,
-        "detail": detail,
-        "instance": "/",
-    }
-    if errors:
-        body["errors"] = errors
-    return status, body
-
-
-@dataclass
-class FakeMeshd:
-    """Answers by (method, path); records every request."""
-
-    routes: dict[tuple[str, str], Answer] = field(default_factory=dict)
-    requests: list[httpx.Request] = field(default_factory=list)
-
-    def on(self, method: str, path: str, answer: Answer) -> None:
-        self.routes[(method, path)] = answer
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.routes.get((request.method, request.url.path))
-        if answer is None:
-            return httpx.Response(
-                404, json={"detail": f"no fake route {request.method} {request.url.path}"}
-            )
-        if callable(answer):
-            return answer(request)
-        status, body = answer
-        if body is None:
-            return httpx.Response(status)
-        media = "application/problem+json" if status >= 400 else "application/json"
-        return httpx.Response(status, content=json.dumps(body), headers={"content-type": media})
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def run(
-    fake: FakeMeshd,
-    *argv: str,
-    stdin: str = "",
-    env: dict[str, str] | None = None,
-    token: bool = True,
-) -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    environ = {
-        "HOME": "/nonexistent-home",
-        **({"MESHD_TOKEN": TOKEN} if token else {}),
-        **(env or {}),
-    }
-    code = main(
-        list(argv),
-        env=environ,
-        stdin=io.StringIO(stdin),
-        stdout=out,
-        stderr=err,
-        transport=httpx.MockTransport(fake.handle),
-    )
-    assert "Traceback" not in err.getvalue()
-    return Result(code, out.getvalue(), err.getvalue())
+from tests.ctl.fake import TOKEN, FakeMeshd, problem, run
 
 
 def stored(text: str, revision: int = 1) -> dict[str, Any]:
@@ -113,11 +35,6 @@ def report(kind: str, outcome: str, revision: int = 1, name: str = "reviews") ->
         "outcome": outcome,
         "revision": revision,
     }
-
-
-@pytest.fixture
-def fake() -> FakeMeshd:
-    return FakeMeshd()
 
 
 @pytest.fixture
@@ -284,22 +201,22 @@ def test_tls_to_a_plain_http_server(fake: FakeMeshd) -> None:
     def plain(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)")
 
-    fake.on("GET", "/v1/proxies", plain)
+    # Nothing pinned for this port: the first contact (the unverified roots fetch) fails.
+    fake.on("GET", "/v1/ca/roots", plain)
     result = run(fake, "proxy-status", "--server", "https://127.0.0.1:1")
     assert result.code == 1
     assert "does not speak TLS" in result.err
-    assert "use http://" in result.err
+    assert "meshd serves HTTPS only" in result.err
 
 
-def test_tls_verification_failure_suggests_ca_file(fake: FakeMeshd) -> None:
-    def untrusted(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+def test_plain_http_to_meshd_says_to_use_https(fake: FakeMeshd) -> None:
+    def garbage(request: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError("illegal request line", request=request)
 
-    fake.on("GET", "/v1/proxies", untrusted)
-    result = run(fake, "proxy-status", "--server", "https://meshd.example:15012")
+    fake.on("GET", "/v1/proxies", garbage)
+    result = run(fake, "proxy-status", "--server", "http://127.0.0.1:15012")
     assert result.code == 1
-    assert "cannot verify the TLS certificate of https://meshd.example:15012" in result.err
-    assert "--ca-file" in result.err
+    assert "meshd serves HTTPS only: use https://" in result.err
 
 
 def test_timeout(fake: FakeMeshd) -> None:
@@ -776,9 +693,13 @@ def test_every_command_has_examples_and_exit_codes_in_its_help() -> None:
         "list",
         "revoke",
         "version",
+        "token",
+        "certs",
+        "ca",
+        "status",
+        "rotate",
+        "trust",
     } <= set(seen)
-    assert "token" not in seen  # reserved for the identity issue: no stubs
-    assert "certs" not in seen
 
 
 def test_no_command_prints_help_and_exits_2(fake: FakeMeshd) -> None:

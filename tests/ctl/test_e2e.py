@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,13 +17,17 @@ import pytest
 import yaml
 
 from meshd.ctl.main import main
+from meshd.ctl.trust import pin_path, read_bundle_file
 from tests.ctl.bookinfo import (
     REVIEWS_DESTINATION_RULE,
     REVIEWS_VIRTUAL_SERVICE,
     REVIEWS_VIRTUAL_SERVICE_90,
     REVIEWS_VIRTUAL_SERVICE_ALL_V1,
 )
-from tests.ctl.conftest import Meshd, Run, Tls, meshctl
+from tests.ctl.conftest import Run, meshctl
+from tests.ctl.pki import make_root
+from tests.support.meshd_process import MeshdProcess
+from tests.support.workload import make_csr
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +36,7 @@ DR = "destinationrule.networking.istio.io/reviews"
 VS = "virtualservice.networking.istio.io/reviews"
 
 
-def in_process(server: Meshd, *argv: str, stdin: str = "") -> Run:
+def in_process(server: MeshdProcess, *argv: str, stdin: str = "") -> Run:
     """``main([...])`` in this process, output captured."""
     out, err = io.StringIO(), io.StringIO()
     code = main(list(argv), env=server.env(), stdin=io.StringIO(stdin), stdout=out, stderr=err)
@@ -69,7 +74,7 @@ def files(tmp_path: Path) -> dict[str, str]:
 
 
 def test_apply_bookinfo_reviews_reads_back_equal_and_reapplies_unchanged(
-    meshd_server: Meshd, files: dict[str, str], namespace: str
+    meshd_server: MeshdProcess, files: dict[str, str], namespace: str
 ) -> None:
     first = meshctl(meshd_server, "apply", "-f", files["dr"], "-f", files["vs"], "-n", namespace)
     assert (first.code, first.err) == (0, "")
@@ -100,7 +105,7 @@ def test_apply_bookinfo_reviews_reads_back_equal_and_reapplies_unchanged(
 
 
 def test_get_yaml_of_a_namespace_pipes_back_into_apply(
-    meshd_server: Meshd, files: dict[str, str], namespace: str
+    meshd_server: MeshdProcess, files: dict[str, str], namespace: str
 ) -> None:
     assert (
         meshctl(meshd_server, "apply", "-f", files["dr"], "-f", files["vs"], "-n", namespace).code
@@ -113,7 +118,7 @@ def test_get_yaml_of_a_namespace_pipes_back_into_apply(
 
 
 def test_weights_summing_to_90_are_rejected_with_the_field_path(
-    meshd_server: Meshd, files: dict[str, str], namespace: str
+    meshd_server: MeshdProcess, files: dict[str, str], namespace: str
 ) -> None:
     result = meshctl(meshd_server, "apply", "-f", files["dr"], "-f", files["vs90"], "-n", namespace)
     assert result.code == 1
@@ -125,7 +130,9 @@ def test_weights_summing_to_90_are_rejected_with_the_field_path(
     assert meshctl(meshd_server, "get", "dr", "reviews", "-n", namespace).code == 3
 
 
-def test_dry_run_writes_nothing(meshd_server: Meshd, files: dict[str, str], namespace: str) -> None:
+def test_dry_run_writes_nothing(
+    meshd_server: MeshdProcess, files: dict[str, str], namespace: str
+) -> None:
     dry = meshctl(
         meshd_server, "apply", "-f", files["dr"], "-f", files["vs"], "-n", namespace, "--dry-run"
     )
@@ -138,7 +145,9 @@ def test_dry_run_writes_nothing(meshd_server: Meshd, files: dict[str, str], name
     assert "No vs found" in listed.err
 
 
-def test_history_and_rollback(meshd_server: Meshd, files: dict[str, str], namespace: str) -> None:
+def test_history_and_rollback(
+    meshd_server: MeshdProcess, files: dict[str, str], namespace: str
+) -> None:
     assert (
         meshctl(meshd_server, "apply", "-f", files["dr"], "-f", files["vs"], "-n", namespace).code
         == 0
@@ -170,7 +179,7 @@ def test_history_and_rollback(meshd_server: Meshd, files: dict[str, str], namesp
 
 
 def test_delete_by_name_and_from_files(
-    meshd_server: Meshd, files: dict[str, str], namespace: str
+    meshd_server: MeshdProcess, files: dict[str, str], namespace: str
 ) -> None:
     assert (
         meshctl(meshd_server, "apply", "-f", files["dr"], "-f", files["vs"], "-n", namespace).code
@@ -203,7 +212,7 @@ def test_delete_by_name_and_from_files(
 
 
 def test_viewer_token_reads_but_gets_403_on_apply(
-    meshd_server: Meshd, files: dict[str, str], namespace: str
+    meshd_server: MeshdProcess, files: dict[str, str], namespace: str
 ) -> None:
     created = meshctl(
         meshd_server, "admin-token", "create", "--name", f"viewer-{namespace}", "--role", "viewer"
@@ -232,7 +241,7 @@ def test_viewer_token_reads_but_gets_403_on_apply(
     assert meshctl(meshd_server, "admin-token", "revoke", token_id).code == 0
 
 
-def test_unauthenticated_and_bad_tokens(meshd_server: Meshd, namespace: str) -> None:
+def test_unauthenticated_and_bad_tokens(meshd_server: MeshdProcess, namespace: str) -> None:
     none = meshctl(meshd_server, "get", "vs", "-n", namespace, drop_token=True)
     assert none.code == 2
     assert "no token" in none.err
@@ -241,7 +250,7 @@ def test_unauthenticated_and_bad_tokens(meshd_server: Meshd, namespace: str) -> 
     assert "came from --token" in bad.err
 
 
-def test_proxy_status_on_an_empty_mesh_prints_the_header(meshd_server: Meshd) -> None:
+def test_proxy_status_on_an_empty_mesh_prints_the_header(meshd_server: MeshdProcess) -> None:
     # No other test leaves an instance registered; one deregistered just now disappears
     # with the next compile.
     wait_until(
@@ -253,14 +262,14 @@ def test_proxy_status_on_an_empty_mesh_prints_the_header(meshd_server: Meshd) ->
     assert in_process(meshd_server, "get", "proxies").out == PROXY_HEADER + "\n"
 
 
-def test_version(meshd_server: Meshd) -> None:
+def test_version(meshd_server: MeshdProcess) -> None:
     result = meshctl(meshd_server, "version", drop_token=True)
     assert result.code == 0, result.err
     assert result.out.splitlines()[1:3] == [f"Server: {meshd_server.url}", "  healthz: ok"]
     assert result.out.splitlines()[3].startswith("  readyz:  ready")
 
 
-def test_connection_refused_says_which_url(meshd_server: Meshd) -> None:
+def test_connection_refused_says_which_url(meshd_server: MeshdProcess) -> None:
     from tests.support.processes import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
@@ -270,7 +279,7 @@ def test_connection_refused_says_which_url(meshd_server: Meshd) -> None:
     assert "is meshd running? (meshd serve)" in result.err
 
 
-def test_admin_token_file_in_the_data_dir(meshd_server: Meshd, namespace: str) -> None:
+def test_admin_token_file_in_the_data_dir(meshd_server: MeshdProcess, namespace: str) -> None:
     data = meshd_server.home.parent / f"fake-data-{namespace}"
     data.mkdir()
     (data / "admin.token").write_text(meshd_server.token + "\n")
@@ -284,12 +293,16 @@ def test_admin_token_file_in_the_data_dir(meshd_server: Meshd, namespace: str) -
 
 
 @pytest.fixture
-def instances(meshd_server: Meshd, namespace: str) -> Iterator[list[str]]:
+def instances(meshd_server: MeshdProcess, namespace: str) -> Iterator[list[str]]:
     """productpage and reviews v1/v2/v3 registered in ``namespace``; deregistered after."""
     headers = {"Authorization": f"Bearer {meshd_server.token}"}
     ids: list[str] = []
     with httpx.Client(
-        base_url=meshd_server.url, headers=headers, timeout=10, trust_env=False
+        base_url=meshd_server.url,
+        headers=headers,
+        timeout=10,
+        trust_env=False,
+        verify=meshd_server.verify(),
     ) as http:
         try:
             for n, (service, version) in enumerate(
@@ -316,7 +329,7 @@ def instances(meshd_server: Meshd, namespace: str) -> Iterator[list[str]]:
 
 
 def test_proxy_status_proxy_config_and_describe_with_instances(
-    meshd_server: Meshd, files: dict[str, str], namespace: str, instances: list[str]
+    meshd_server: MeshdProcess, files: dict[str, str], namespace: str, instances: list[str]
 ) -> None:
     assert (
         meshctl(meshd_server, "apply", "-f", files["dr"], "-f", files["vs"], "-n", namespace).code
@@ -361,7 +374,7 @@ def test_proxy_status_proxy_config_and_describe_with_instances(
 
 
 def test_describe_of_a_resource_affecting_no_proxy(
-    meshd_server: Meshd, files: dict[str, str], namespace: str
+    meshd_server: MeshdProcess, files: dict[str, str], namespace: str
 ) -> None:
     assert in_process(meshd_server, "apply", "-f", files["dr"], "-n", namespace).code == 0
     result = in_process(meshd_server, "describe", "dr", "reviews", "-n", namespace)
@@ -370,23 +383,26 @@ def test_describe_of_a_resource_affecting_no_proxy(
     assert result.out.endswith("Affects: 0 proxies\n")
 
 
-# --- HTTPS ----------------------------------------------------------------------------------
+# --- HTTPS: trusting meshd's certificate -------------------------------------------------------
 
 
-def test_https_with_ca_file_flag_env_and_config(
-    meshd_tls: tuple[Meshd, Tls], namespace: str
-) -> None:
-    server, tls = meshd_tls
-    ok = meshctl(server, "get", "vs", "-n", namespace, "--ca-file", str(tls.ca))
+def no_ca(home: Path, **extra: str) -> dict[str, str]:
+    """An environment with no CA file and no data dir: only a pin in ``home`` (if any)."""
+    home.mkdir(parents=True, exist_ok=True)
+    return {"HOME": str(home), "MESHD_CA_FILE": "", **extra}
+
+
+def test_https_with_ca_file_flag_env_and_config(meshd_server: MeshdProcess, namespace: str) -> None:
+    server, ca = meshd_server, meshd_server.ca_file
+    no_env_ca = {"MESHD_CA_FILE": ""}
+    ok = meshctl(server, "get", "vs", "-n", namespace, "--ca-file", str(ca), env=no_env_ca)
     assert ok.code == 0, ok.err
-    assert (
-        meshctl(server, "get", "vs", "-n", namespace, env={"MESHD_CA_FILE": str(tls.ca)}).code == 0
-    )
+    assert meshctl(server, "get", "vs", "-n", namespace, env={"MESHD_CA_FILE": str(ca)}).code == 0
 
     config = server.home / f"{namespace}.yaml"
-    config.write_text(f"server: {server.url}\ntoken: {server.token}\ncaFile: {tls.ca.name}\n")
+    config.write_text(f"server: {server.url}\ntoken: {server.token}\ncaFile: {ca.name}\n")
     config.chmod(0o600)
-    shutil.copy(tls.ca, config.parent / tls.ca.name)
+    shutil.copy(ca, config.parent / ca.name)
     from_config = meshctl(
         server,
         "get",
@@ -395,7 +411,7 @@ def test_https_with_ca_file_flag_env_and_config(
         namespace,
         "--config",
         str(config),
-        env={"MESHD_ADDR": "", "MESHD_TOKEN": ""},
+        env={"MESHD_ADDR": "", "MESHD_TOKEN": "", "MESHD_CA_FILE": ""},
     )
     assert (from_config.code, from_config.err) == (
         0,
@@ -403,9 +419,170 @@ def test_https_with_ca_file_flag_env_and_config(
     )
 
 
-def test_https_without_the_ca_says_to_pass_it(meshd_tls: tuple[Meshd, Tls], namespace: str) -> None:
-    server, _tls = meshd_tls
-    result = meshctl(server, "get", "vs", "-n", namespace)
+def test_https_with_the_data_dirs_bundle(
+    meshd_server: MeshdProcess, namespace: str, tmp_path: Path
+) -> None:
+    env = no_ca(tmp_path / "home")
+    result = meshctl(
+        meshd_server,
+        "get",
+        "vs",
+        "-n",
+        namespace,
+        "--data-dir",
+        str(meshd_server.data_dir),
+        env=env,
+    )
+    assert (result.code, result.err) == (0, f"No vs found in namespace {namespace}.\n")
+    assert not (tmp_path / "home" / ".config").exists(), "nothing pinned"
+
+
+def test_https_with_the_wrong_ca_file_says_which_file(
+    meshd_server: MeshdProcess, namespace: str, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-ca.pem"
+    other.write_text(make_root("not meshd's").pem)
+    result = meshctl(meshd_server, "get", "vs", "-n", namespace, env={"MESHD_CA_FILE": str(other)})
     assert result.code == 1
-    assert f"cannot verify the TLS certificate of {server.url}" in result.err
-    assert "--ca-file" in result.err
+    assert f"cannot verify the TLS certificate of {meshd_server.url}" in result.err
+    assert f"against {other} (from MESHD_CA_FILE): " in result.err
+    assert "ca-bundle.pem" in result.err
+
+
+def test_trust_on_first_use_pins_the_bundle_once(
+    meshd_server: MeshdProcess, namespace: str, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    env = no_ca(home)
+    first = meshctl(meshd_server, "get", "vs", "-n", namespace, env=env)
+    assert first.code == 0, first.err
+    pin = pin_path({"HOME": str(home)}, meshd_server.url)
+    assert pin.read_text() == meshd_server.ca_file.read_text()
+    assert stat.S_IMODE(pin.stat().st_mode) == 0o644
+    assert stat.S_IMODE(pin.parent.stat().st_mode) == 0o700
+    note, listed = first.err.splitlines()
+    assert meshd_server.url in note
+    assert str(pin) in note
+    for fingerprint in read_bundle_file(meshd_server.ca_file).fingerprints:
+        assert fingerprint in note
+    assert listed == f"No vs found in namespace {namespace}."
+
+    second = meshctl(meshd_server, "get", "vs", "-n", namespace, env=env)
+    assert (second.code, second.err) == (0, f"No vs found in namespace {namespace}.\n")
+
+    trusted = meshctl(meshd_server, "ca", "trust", env=env)
+    assert trusted.code == 0, trusted.err
+    assert trusted.out.startswith(f"CA bundle of {meshd_server.url} is already pinned in {pin}")
+
+
+# --- workload identity: join tokens, certificates, the CA ----------------------------------------
+
+
+def test_join_token_signs_a_csr_then_shows_used_and_is_revoked(
+    meshd_server: MeshdProcess, namespace: str
+) -> None:
+    created = meshctl(meshd_server, "token", "create", "--service", "reviews", "-n", namespace)
+    assert created.code == 0, created.err
+    token = created.out.strip()
+    assert token.startswith("mjt_")
+    assert "\n" not in token
+    identity = f"spiffe://cluster.local/ns/{namespace}/sa/reviews"
+    assert identity in created.err
+    assert "single-use" in created.err
+    token_id = created.err.split("created join token ", 1)[1].split()[0]
+
+    listed = meshctl(meshd_server, "token", "list")
+    row = next(line.split() for line in listed.out.splitlines() if line.startswith(token_id))
+    assert row[:6] == [token_id, "reviews", namespace, identity, "single", "no"]
+
+    proxy = f"reviews-1.{namespace}"
+    _key, csr = make_csr()
+    with httpx.Client(
+        base_url=meshd_server.url, verify=meshd_server.verify(), timeout=10, trust_env=False
+    ) as http:
+        signed = http.post(
+            "/v1/ca/sign",
+            json={"csr": csr, "proxy": proxy},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert signed.status_code == 200, signed.text
+    assert signed.json()["spiffeId"] == identity
+
+    used = meshctl(meshd_server, "token", "list")
+    row = next(line.split() for line in used.out.splitlines() if line.startswith(token_id))
+    assert row[5] == "yes"
+    assert token not in used.out
+
+    certs = meshctl(meshd_server, "certs")
+    assert certs.code == 0, certs.err
+    row = next(line.split() for line in certs.out.splitlines() if line.startswith(proxy + " "))
+    serial = str(signed.json()["serial"])
+    assert row[:4] == [proxy, identity, str(signed.json()["root"])[:12], "(signing)"]
+    assert row[4] == serial[:12]
+    assert row[5] == "in"
+    assert row[-1] == "join-token"
+    as_json = json.loads(meshctl(meshd_server, "certs", "-o", "json").out)
+    assert any(c["proxy"] == proxy and c["rootTrusted"] for c in as_json["items"])
+
+    revoked = meshctl(meshd_server, "token", "revoke", token_id)
+    assert (revoked.code, revoked.out) == (0, f"join token {token_id} revoked\n")
+    assert token_id not in meshctl(meshd_server, "token", "list").out
+    again = meshctl(meshd_server, "token", "revoke", token_id)
+    assert again.code == 3
+    assert "no join token" in again.err
+
+
+def test_ca_status_shows_the_bundle(meshd_server: MeshdProcess) -> None:
+    result = meshctl(meshd_server, "ca", "status")
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0] == "Trust domain:  cluster.local"
+    assert lines[1].startswith("Bundle:        digest ")
+    assert lines[2].split() == ["ROOT", "SIGNING", "NOT", "AFTER"]
+    (root,) = read_bundle_file(meshd_server.ca_file).roots
+    signing_root = root.fingerprint.replace(":", "").lower()[:12]
+    assert lines[3].split()[:2] == [signing_root, "yes"]
+    assert lines[4] == "Rotation:      none (meshctl ca rotate starts one)"
+    status = json.loads(meshctl(meshd_server, "ca", "status", "-o", "json").out)
+    assert status["rotation"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_root_rotation_then_the_old_pin_fails_until_refreshed(
+    meshd_factory: type[MeshdProcess], tmp_path: Path
+) -> None:
+    server = meshd_factory(tmp_path / "data", extra_args=["--cert-ttl", "10s"]).start()
+    home = tmp_path / "home"
+    pinned = no_ca(home)
+    first = meshctl(server, "ca", "trust", env=pinned)
+    assert first.code == 0, first.err
+    pin = pin_path({"HOME": str(home)}, server.url)
+    old_bundle = pin.read_text()
+    assert old_bundle == server.ca_file.read_text()
+
+    rotated = meshctl(server, "ca", "rotate", "--wait", "--timeout", "60", timeout=90)
+    assert rotated.code == 0, rotated.err + rotated.out
+    assert "Rotation:      distributing the new root" in rotated.out
+    events = [line.split(" ", 3)[2] for line in rotated.out.splitlines() if line[:4].isdigit()]
+    assert events == ["switched:", "finished:"]
+    assert "meshctl ca trust --refresh" in rotated.err
+    assert server.ca_file.read_text() != old_bundle
+
+    status = meshctl(server, "ca", "status")
+    assert "Rotation:      none" in status.out
+    assert ", 1 root" in status.out
+
+    # The pin still holds the old root only: meshd's certificate no longer verifies.
+    stale = meshctl(server, "get", "vs", env=pinned)
+    assert stale.code == 1
+    assert "meshd's CA changed" in stale.err
+    assert "meshctl ca trust --refresh" in stale.err
+    assert pin.read_text() == old_bundle, "never re-pinned silently"
+
+    refreshed = meshctl(server, "ca", "trust", "--refresh", env=pinned)
+    assert refreshed.code == 0, refreshed.err
+    assert refreshed.out.startswith(f"CA bundle of {server.url} re-pinned in {pin}")
+    assert "removed: root SHA-256" in refreshed.out
+    assert pin.read_text() == server.ca_file.read_text()
+    assert meshctl(server, "get", "vs", env=pinned).code == 0

@@ -593,3 +593,101 @@ def test_proxy_summary() -> None:
 def test_proxy_summary_of_a_sparse_document_does_not_fail() -> None:
     text = output.proxy_summary({"proxy_id": "x"})
     assert "Clusters: 0" in text
+
+
+# --- workload identity ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("delta", "text"),
+    [(-30, "30s ago"), (0.5, "just now"), (90, "in 90s"), (3599, "in 59m"), (5 * 86400, "in 5d")],
+)
+def test_relative(delta: float, text: str) -> None:
+    assert output.relative(NOW + delta, NOW) == text
+
+
+@pytest.mark.parametrize(
+    ("delta", "text"),
+    [
+        (20 * 3600, "in 20h"),
+        (3600, "in 60m"),
+        (3599, "in 59m (<1h)"),
+        (30, "in 30s (<1h)"),
+        (0, "EXPIRED just now"),
+        (-300, "EXPIRED 5m ago"),
+    ],
+)
+def test_expiry_flags_near_and_past(delta: float, text: str) -> None:
+    assert output.expiry(NOW + delta, NOW) == text
+    assert output.expiry(None, NOW) == "-"
+
+
+def test_iso_seconds() -> None:
+    assert output.iso_seconds("1970-01-01T00:01:00+00:00") == 60.0
+    assert output.iso_seconds("1970-01-01T00:01:00") == 60.0  # naive: UTC
+    assert output.iso_seconds(12) == 12.0
+    assert output.iso_seconds("soon") is None
+
+
+def test_join_tokens_table_never_needs_the_secret() -> None:
+    text = output.join_tokens_table(
+        [
+            {
+                "id": "3f9a",
+                "service": "reviews",
+                "namespace": "default",
+                "spiffeId": "spiffe://cluster.local/ns/default/sa/reviews",
+                "uses": "single",
+                "used": False,
+                "expires_at": NOW + 7200,
+                "createdBy": "alice",
+            }
+        ],
+        NOW,
+    )
+    assert lines(text)[1].split() == [
+        "3f9a",
+        "reviews",
+        "default",
+        "spiffe://cluster.local/ns/default/sa/reviews",
+        "single",
+        "no",
+        "in",
+        "2h",
+        "alice",
+    ]
+
+
+def test_certs_table_of_a_sparse_answer_does_not_fail() -> None:
+    text = output.certs_table({"items": [{"proxy": "", "rootTrusted": None}]}, NOW)
+    assert lines(text)[1].split() == ["-", "-", "-", "-", "-"]
+    assert output.certs_notes({}, NOW) == []
+
+
+def test_rotation_events() -> None:
+    base = {"old": "a" * 64, "new": "b" * 64, "digest": "d"}
+    distributing = {"rotation": {**base, "phase": "distributing"}, "replicas": []}
+    assert output.rotation_event(distributing, None) == (
+        f"distributing: new root {'b' * 12} is in the bundle; waiting for the replicas to report"
+    )
+    reported = {**distributing, "replicas": [{"digest": "d", "lagging": 1}]}
+    assert output.rotation_event(reported, None).endswith("; 1 proxy lacks it")
+    switched = {"rotation": {**base, "phase": "switched", "retireAfter": NOW}}
+    assert output.rotation_event(switched, distributing).startswith(
+        f"switched: every proxy holds the new root; {'b' * 12} signs from now on; "
+        f"the old root {'a' * 12} leaves the bundle at "
+    )
+    done = f"finished: the old root {'a' * 12} left the bundle"
+    assert output.rotation_event({"rotation": None}, switched) == done
+    # Another rotation already started: ours is over.
+    other = {"rotation": {**base, "new": "c" * 64, "phase": "distributing"}}
+    assert output.rotation_event(other, switched) == done
+
+
+def test_ca_status_text_of_a_sparse_answer_does_not_fail() -> None:
+    assert output.ca_status_text({}, NOW).splitlines() == [
+        "Trust domain:  -",
+        "Bundle:        digest -, 0 roots",
+        "  ROOT   SIGNING   NOT AFTER",
+        "Rotation:      none (meshctl ca rotate starts one)",
+    ]

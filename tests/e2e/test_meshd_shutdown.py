@@ -44,4 +44,4 @@ def test_sigterm_with_parked_polls_exits_promptly(
     assert answers == [304], "the parked poll is answered, not cut off"
     assert took < 3, f"meshd took {took:.1f} s to stop with a parked poll"
     with pytest.raises(httpx.TransportError):
-        httpx.get(f"{server.url}/healthz", timeout=1)
+        httpx.get(f"{server.url}/healthz", timeout=1, verify=server.verify())

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -191,8 +192,12 @@ def wait_for_http(
     headers: Mapping[str, str] | None = None,
     content: bytes | None = None,
     interval: float = 0.05,
+    verify: ssl.SSLContext | bool = True,
 ) -> httpx.Response:
     """Poll ``url`` until ``ready(response)`` (default: status 200) and return that response.
+
+    ``verify`` is how an ``https`` URL's certificate is checked: an ``ssl.SSLContext``
+    trusting a test CA (``ssl.create_default_context(cafile=...)``), or httpx's default.
 
     Raises :class:`ProcessError` as soon as ``process`` exits, and ``TimeoutError`` after
     ``timeout`` seconds, both with the last answer or error and the process's log tail.
@@ -200,7 +205,7 @@ def wait_for_http(
     check = ready or (lambda r: r.status_code == 200)
     deadline = time.monotonic() + timeout
     last = "no answer yet"
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
+    with httpx.Client(timeout=2.0, trust_env=False, verify=verify) as client:
         while True:
             if process is not None and not process.alive:
                 raise ProcessError(
