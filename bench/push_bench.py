@@ -41,6 +41,7 @@ import queue
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -246,7 +247,8 @@ class Meshd(Child):
     def __init__(self, workdir: Path, *, profile_out: Path | None = None) -> None:
         self.port = free_port()
         self.token = "mshd_bench_" + secrets.token_urlsafe(24)
-        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.url = f"https://{LOOPBACK}:{self.port}"
+        self.ca_file = workdir / "data" / "ca-bundle.pem"
         serve = [
             "serve",
             "--data-dir", str(workdir / "data"),
@@ -282,11 +284,18 @@ class Meshd(Child):
             time.sleep(0.02)
 
     def client(self) -> httpx.Client:
+        """Verifies meshd with the trust bundle it writes before it starts listening."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self.ca_file.exists():
+            if not self.alive or time.monotonic() > deadline:
+                raise ChildError(f"meshd wrote no {self.ca_file}\n{self.describe()}")
+            time.sleep(0.05)
         return httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {self.token}"},
             timeout=30.0,
             trust_env=False,
+            verify=ssl.create_default_context(cafile=str(self.ca_file)),
         )
 
     def wait_ready(self, client: httpx.Client) -> None:
@@ -313,6 +322,7 @@ class WatcherProcess(Child):
         argv = [
             sys.executable, "-m", "bench.watchers",
             "--port", str(meshd.port), "--token", meshd.token, "--ids", str(ids_file),
+            "--ca-file", str(meshd.ca_file),
         ]  # fmt: skip
         super().__init__(argv, name="watchers", log_dir=workdir, pipes=True, env=WATCHER_MALLOC)
         self._lines: queue.Queue[str | None] = queue.Queue()

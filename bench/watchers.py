@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -86,6 +87,8 @@ class Target:
     port: int
     token: str
     wait_s: float
+    # meshd serves HTTPS only; each watcher verifies it as a sidecar would.
+    tls: ssl.SSLContext | None = None
 
     def request(self, proxy_id: str, version: str) -> bytes:
         path = f"/v1/xds/{quote(proxy_id, safe='')}?version={quote(version, safe='')}"
@@ -157,7 +160,7 @@ async def watch(w: Watcher, target: Target, gate: asyncio.Semaphore, acked: asyn
         try:
             async with gate:
                 reader, writer = await asyncio.open_connection(
-                    target.host, target.port, limit=STREAM_LIMIT
+                    target.host, target.port, limit=STREAM_LIMIT, ssl=target.tls
                 )
             w.connected = True
             pending: Push | None = None
@@ -311,12 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--token", required=True, help="a bearer token with the viewer role")
     parser.add_argument("--ids", type=Path, required=True, help="JSON list of proxy ids")
     parser.add_argument("--wait", type=float, default=60.0, help="long-poll wait, seconds")
+    parser.add_argument("--ca-file", type=Path, required=True, help="meshd's CA bundle")
     parser.add_argument(
         "--loop", choices=["auto", "asyncio", "uvloop"], default="auto", help="event loop"
     )
     args = parser.parse_args(argv)
     ids = json.loads(args.ids.read_text())
-    target = Target(args.host, args.port, args.token, args.wait)
+    tls = ssl.create_default_context(cafile=str(args.ca_file))
+    target = Target(args.host, args.port, args.token, args.wait, tls)
     use_uvloop = args.loop != "asyncio"
     try:
         import uvloop  # noqa: PLC0415 — optional, and only this process wants it

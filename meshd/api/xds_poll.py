@@ -23,6 +23,13 @@ from meshd.errors import BadRequest, MeshError
 
 PREFIX = "/v1/xds/"
 DEFAULT_WAIT_S = 30.0
+# A push sends one snapshot to every proxy at once. Over TLS, asyncio keeps what it was
+# given to send (and its encryption) in memory until the socket takes it, so 1,000
+# proxies x 250 KiB meant 400+ MiB at the peak (measured with make bench). Bodies go
+# out in slices, which lets uvicorn's per-connection backpressure work, and only so
+# many bodies at a time; the CPU spent encrypting is the same either way.
+SLICE = 64 * 1024
+SENDING_AT_ONCE = 32
 
 
 def _params(query: bytes) -> tuple[str, float]:
@@ -50,6 +57,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class XdsPollMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._sending: anyio.Semaphore | None = None  # made on first use, in the event loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -110,7 +118,11 @@ class XdsPollMiddleware:
                 (b"etag", f'"{found.version}"'.encode()),
             ],
         })  # fmt: skip
-        head, outbound, tail = found.chunks
-        await send({"type": "http.response.body", "body": head, "more_body": True})
-        await send({"type": "http.response.body", "body": outbound, "more_body": True})
-        await send({"type": "http.response.body", "body": tail})
+        if self._sending is None:
+            self._sending = anyio.Semaphore(SENDING_AT_ONCE)
+        async with self._sending:
+            for chunk in found.chunks:
+                for start in range(0, len(chunk), SLICE):
+                    piece = chunk[start : start + SLICE] if len(chunk) > SLICE else chunk
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
