@@ -206,8 +206,10 @@ class Identity:
         ).decode()
         self.serving.install(issued.cert_pem + issued.chain_pem, key_pem, bundle.pem())
         self._serving_root = issued.root_id
-        lifetime = (issued.not_after - issued.not_before).total_seconds()
-        self._serving_renew_at = time.time() + lifetime / 2
+        # From now, not from notBefore: that is backdated for clock skew, and with a
+        # short lifetime half of not_after - not_before would lie past the expiry.
+        now = time.time()
+        self._serving_renew_at = now + (issued.not_after.timestamp() - now) / 2
         log.info(
             "serving certificate issued for %s (%s), valid until %s",
             ", ".join(dns + ips),

@@ -17,6 +17,7 @@ def test_sidecar_imports_no_pydantic_or_fastapi() -> None:
         "import json, sys\n"
         "import sidecar.cli, sidecar.agent, sidecar.admin, sidecar.config_store\n"
         "import sidecar.control_client, sidecar.settings, sidecar.errors\n"
+        "import sidecar.identity, sidecar.identity_state, sidecar.tls_contexts\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     done = subprocess.run(
@@ -41,6 +42,7 @@ def test_sidecar_imports_no_pydantic_or_fastapi() -> None:
         "meshd.schema",
         "meshd.schema.hosts",
         "meshd.netaddr",
+        "meshd.spiffe",  # stdlib only: SPIFFE IDs (sidecar.identity)
     }
     assert from_meshd <= allowed, f"unexpected meshd modules: {sorted(from_meshd - allowed)}"
     assert "sidecar.cli" in modules
