@@ -46,7 +46,11 @@ class MeshdProcess:
         extra_args: Sequence[str] = (),
         port: int | None = None,
         token: str | None = None,
+        host: str = LOOPBACK,
+        wrap: Sequence[str] = (),
     ) -> None:
+        """``host`` is the address to listen on; ``wrap`` a command prefix to run meshd
+        with (e.g. ``ip netns exec NAME`` to run it on another host of our own)."""
         self.data_dir = data_dir
         self.port = port or free_port()
         # A port the caller chose, or one clients have already been given (by a successful
@@ -54,11 +58,13 @@ class MeshdProcess:
         self._port_fixed = port is not None
         self.token = token or "mshd_test_" + secrets.token_urlsafe(24)
         self.extra_args = list(extra_args)
+        self.host = host
+        self.wrap = list(wrap)
         self.process: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
-        return f"https://{LOOPBACK}:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def ca_file(self) -> Path:
@@ -97,9 +103,9 @@ class MeshdProcess:
 
     def _launch(self) -> None:
         argv = [
-            sys.executable, "-m", "meshd.cli", "serve",
+            *self.wrap, sys.executable, "-m", "meshd.cli", "serve",
             "--data-dir", str(self.data_dir),
-            "--listen", f"{LOOPBACK}:{self.port}",
+            "--listen", f"{self.host}:{self.port}",
             "--bootstrap-token", self.token,
             "--debounce-ms", "20",
             *self.extra_args,
