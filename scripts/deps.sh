@@ -38,25 +38,32 @@ debian_mirror() {
     return 1
 }
 
-consul_from_apt() {
-    local mirror work opts
+# apt_fetch SUITE PKG... : download the packages from the machine's own Debian mirror
+# into .deps/apt/SUITE/debs through a private apt configuration (no system state is
+# touched); prints the directory.
+apt_fetch() {
+    local suite=$1 mirror work opts
+    shift
     mirror=$(debian_mirror) || { say "no Debian mirror found in /etc/apt/sources*"; return 1; }
-    work=$root/.deps/apt
+    work=$root/.deps/apt/$suite
     mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/etc" "$work/debs"
     local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-    if [ -f "$keyring" ]; then
-        echo "deb [signed-by=$keyring] $mirror $CONSUL_SUITE main" > "$work/etc/sources.list"
-    else
-        say "no $keyring; cannot verify the $CONSUL_SUITE suite"; return 1
-    fi
+    [ -f "$keyring" ] || { say "no $keyring; cannot verify the $suite suite"; return 1; }
+    echo "deb [signed-by=$keyring] $mirror $suite main" > "$work/etc/sources.list"
     opts=(-o "Dir::Etc::sourcelist=$work/etc/sources.list" -o Dir::Etc::sourceparts=/dev/null
           -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache"
           -o Dir::State::status=/dev/null -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
-    say "fetching the consul package from Debian $CONSUL_SUITE (mirror from this machine's apt sources)"
     apt-get "${opts[@]}" -qq update >/dev/null || return 1
-    (cd "$work/debs" && rm -f consul_*.deb && apt-get "${opts[@]}" -qq download consul >/dev/null) || return 1
-    ls "$work"/debs/consul_*.deb >/dev/null 2>&1 || return 1
-    extract_consul "$(ls "$work"/debs/consul_*.deb | head -n1)"
+    (cd "$work/debs" && apt-get "${opts[@]}" -qq download "$@" >/dev/null) || return 1
+    echo "$work/debs"
+}
+
+consul_from_apt() {
+    local debs
+    say "fetching the consul package from Debian $CONSUL_SUITE (mirror from this machine's apt sources)"
+    debs=$(apt_fetch "$CONSUL_SUITE" consul) || return 1
+    ls "$debs"/consul_*.deb >/dev/null 2>&1 || return 1
+    extract_consul "$(ls "$debs"/consul_*.deb | head -n1)"
 }
 
 consul_from_shared() {
@@ -82,6 +89,33 @@ else
     consul_from_apt || consul_from_shared \
         || die "could not get consul: Debian $CONSUL_SUITE was unreachable and $SHARED_DEBS has no copy. Put consul_*.deb and SHA256SUMS there, or a consul binary at $bin/consul"
     say "installed $("$bin/consul" version | head -n1) at $bin/consul"
+fi
+
+# nginx and HAProxy: the benchmark's yardsticks (make bench), from this machine's own
+# Debian suite. HAProxy's libraries that a minimal system lacks go to .deps/lib.
+own_suite() { . /etc/os-release && echo "${VERSION_CODENAME:-bookworm}"; }
+
+if [ -x "$bin/nginx" ] && [ -x "$bin/haproxy" ] && "$bin/haproxy" -v >/dev/null 2>&1; then
+    say "nginx and haproxy present"
+else
+    suite=$(own_suite)
+    say "fetching nginx and haproxy from Debian $suite (for make bench)"
+    debs=$(apt_fetch "$suite" nginx haproxy liblua5.3-0 libopentracing-c-wrapper0 libopentracing1) \
+        || die "could not download nginx and haproxy from Debian $suite; check the machine's apt sources"
+    tmp=$(mktemp -d)
+    for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$tmp"; done
+    mkdir -p "$root/.deps/lib"
+    cp -a "$tmp"/usr/lib/x86_64-linux-gnu/liblua5.3.so* "$tmp"/usr/lib/x86_64-linux-gnu/libopentracing*.so* "$root/.deps/lib/" 2>/dev/null || true
+    install -m 0755 "$tmp/usr/sbin/nginx" "$bin/nginx"
+    install -m 0755 "$tmp/usr/sbin/haproxy" "$root/.deps/lib/haproxy.bin"
+    cat > "$bin/haproxy" <<WRAP
+#!/bin/sh
+LD_LIBRARY_PATH="$root/.deps/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "$root/.deps/lib/haproxy.bin" "\$@"
+WRAP
+    chmod 0755 "$bin/haproxy"
+    "$bin/nginx" -v >/dev/null 2>&1 || die "the downloaded nginx does not run on this machine"
+    "$bin/haproxy" -v >/dev/null || die "the downloaded haproxy does not run on this machine"
+    say "installed $("$bin/nginx" -v 2>&1) and $("$bin/haproxy" -v | head -n1 | cut -d' ' -f1-3) into $bin"
 fi
 
 if [ -x "$bin/bao" ] && "$bin/bao" version >/dev/null 2>&1; then
