@@ -1,10 +1,13 @@
 """``make run``: a demo mesh on one machine, on the embedded defaults.
 
-Starts ``meshd serve`` on 127.0.0.1:15012 (data in ``.run/meshd``) and one
-``mesh-sidecar run`` per instance of a small bookinfo-shaped mesh (productpage,
-details, ratings, reviews v1/v2/v3), applies Istio's bookinfo ``reviews`` rules,
-waits until every sidecar has ACKed its config, and prints what to try next.
-Ctrl-C stops everything.
+Starts ``meshd serve`` on https://127.0.0.1:15012 (data in ``.run/meshd``), creates one
+join token per service through meshd's API (with the bootstrap admin token from
+``<data-dir>/admin.token``, verifying meshd with ``<data-dir>/ca-bundle.pem``), starts
+one ``mesh-sidecar run`` per instance of a small bookinfo-shaped mesh (productpage,
+details, ratings, reviews v1/v2/v3) with its service's join token and that CA bundle,
+applies Istio's bookinfo ``reviews`` rules, waits until every sidecar has its
+certificate and has ACKed its config, and prints what to try next. Ctrl-C stops
+everything.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import argparse
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,6 +29,9 @@ from typing import IO
 import httpx
 
 TOKEN_FILE = "admin.token"  # noqa: S105 — a file name
+CA_BUNDLE_FILE = "ca-bundle.pem"
+JOIN_TTL = "1h"
+"""Long enough to start the demo; the sidecars renew with their certificates after."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +64,17 @@ class Processes:
         self.log_dir = log_dir
         self._children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **env} if env else None,
+        )
         self._children.append((name, proc, log))
         return proc
 
@@ -96,18 +111,46 @@ def wait_until(what: str, check: Processes, ready: Iterator[bool], timeout: floa
         time.sleep(0.2)
 
 
-def probe(client: httpx.Client, path: str) -> Iterator[bool]:
+def exists(path: Path) -> Iterator[bool]:
     while True:
-        try:
-            yield client.get(path).status_code == 200
-        except httpx.TransportError:
-            yield False
+        yield path.exists()
+
+
+def probe(url: str, verify: ssl.SSLContext) -> Iterator[bool]:
+    with httpx.Client(timeout=10, verify=verify, trust_env=False) as client:
+        while True:
+            try:
+                yield client.get(url).status_code == 200
+            except httpx.TransportError:
+                yield False
 
 
 def all_synced(api: httpx.Client) -> Iterator[bool]:
     while True:
         items = api.get("/v1/proxies").json()["items"]
         yield len(items) == len(INSTANCES) and all(p["state"] == "SYNCED" for p in items)
+
+
+def create_join_tokens(api: httpx.Client) -> dict[str, str]:
+    """One join token per service (multi-use: the three reviews instances share one)."""
+    tokens: dict[str, str] = {}
+    for service in dict.fromkeys(inst.service for inst in INSTANCES):
+        body = {"service": service, "namespace": "default", "ttl": JOIN_TTL, "uses": "multi"}
+        reply = api.post("/v1/tokens", json=body)
+        reply.raise_for_status()
+        created = reply.json()
+        tokens[service] = created["token"]
+        print(f"    {service:<12} join token {created['id']} for {created['spiffeId']}")
+    return tokens
+
+
+def print_certs(api: httpx.Client) -> int:
+    """Each sidecar's certificate as meshd recorded it (``meshctl certs`` shows the same)."""
+    items = [c for c in api.get("/v1/certs").json()["items"] if c.get("proxy")]
+    for c in sorted(items, key=lambda c: str(c["proxy"])):
+        hours = float(c["expiresIn"]) / 3600
+        print(f"    {c['proxy']:<24} {c['spiffeId']:<48} expires in {hours:.1f} h")
+    return len({c["proxy"] for c in items})
 
 
 def main() -> int:
@@ -123,32 +166,45 @@ def main() -> int:
     data_dir = Path(args.data_dir).resolve()
     run_dir = data_dir.parent
     data_dir.mkdir(parents=True, exist_ok=True)
-    url = f"http://{args.listen}"
+    url = f"https://{args.listen}"
+    ca_file = data_dir / CA_BUNDLE_FILE
     procs = Processes(run_dir)
     try:
         step(f"starting meshd on {url} (data in {data_dir}, logs in {run_dir})")
         procs.start("meshd", [sys.executable, "-m", "meshd.cli", "serve",
                               "--data-dir", str(data_dir), "--listen", args.listen])  # fmt: skip
-        with httpx.Client(base_url=url, timeout=10) as anon:
-            wait_until("meshd to be ready", procs, probe(anon, "/readyz"))
+        wait_until(f"meshd to write {ca_file}", procs, exists(ca_file))
+        # meshd serves HTTPS with a certificate from its own CA: verify it with the mesh's
+        # trust bundle, which meshd writes to its data dir before it listens.
+        verify = ssl.create_default_context(cafile=str(ca_file))
+        wait_until("meshd to be ready", procs, probe(f"{url}/readyz", verify))
         token = (data_dir / TOKEN_FILE).read_text().strip()
         auth = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=url, timeout=10, headers=auth) as api:
+        with httpx.Client(
+            base_url=url, timeout=10, headers=auth, verify=verify, trust_env=False
+        ) as api:
+            step("creating a join token per service (POST /v1/tokens)")
+            join_tokens = create_join_tokens(api)
             step(
                 f"starting {len(INSTANCES)} sidecars "
                 "(productpage, details, ratings, reviews v1/v2/v3)"
             )
             for i, inst in enumerate(INSTANCES):
                 base = args.sidecar_base_port + 10 * i
-                procs.start(f"sidecar-{inst.id}", [
-                    sys.executable, "-m", "sidecar.cli", "run",
-                    "--meshd", url, "--token", token, "--id", inst.id,
-                    "--service", inst.service, "--app-port", str(inst.app_port),
-                    "--labels", f"app={inst.service},version={inst.version}",
-                    "--inbound-port", str(base), "--outbound-port", str(base + 1),
-                    "--admin-port", str(base + 2),
-                    "--state-dir", str(run_dir / "sidecars" / inst.id),
-                ])  # fmt: skip
+                procs.start(
+                    f"sidecar-{inst.id}",
+                    [
+                        sys.executable, "-m", "sidecar.cli", "run",
+                        "--meshd", url, "--ca-file", str(ca_file), "--id", inst.id,
+                        "--service", inst.service, "--app-port", str(inst.app_port),
+                        "--labels", f"app={inst.service},version={inst.version}",
+                        "--inbound-port", str(base), "--outbound-port", str(base + 1),
+                        "--admin-port", str(base + 2),
+                        "--state-dir", str(run_dir / "sidecars" / inst.id),
+                    ],
+                    # The join token from the environment (--token would show in ps).
+                    env={"MESH_TOKEN": join_tokens[inst.service]},
+                )  # fmt: skip
             step("applying Istio's bookinfo reviews rules (DestinationRule + VirtualService)")
             rules = resources.files("meshd.demo_data").joinpath("bookinfo.yaml").read_bytes()
             reply = api.post(
@@ -157,18 +213,23 @@ def main() -> int:
             reply.raise_for_status()
             for r in reply.json()["results"]:
                 print(f"    {r['kind']} {r['namespace']}/{r['name']}: {r['outcome']}")
-            step("waiting until every sidecar has ACKed its config")
+            step("waiting until every sidecar has its certificate and has ACKed its config")
             wait_until("every sidecar to be SYNCED", procs, all_synced(api))
             for p in api.get("/v1/proxies").json()["items"]:
                 print(f"    {p['proxy']:<24} {p['state']:<8} {p['version']}")
+            step("the sidecars' certificates (GET /v1/certs)")
+            certified = print_certs(api)
+            print(f"    {certified} of {len(INSTANCES)} sidecars hold a certificate")
         admin = args.sidecar_base_port + 2
         print(
             f"""
 The mesh is up: meshd at {url}, {len(INSTANCES)} sidecars. In another shell:
 
-  export MESHD_ADDR={url} MESHD_TOKEN=$(cat {data_dir / TOKEN_FILE})
+  export MESHD_ADDR={url} MESHD_TOKEN=$(cat {data_dir / TOKEN_FILE}) \\
+         MESHD_CA_FILE={ca_file}
   .venv/bin/meshctl get virtualservices                  # the rules you just applied
   .venv/bin/meshctl proxy-status                         # every sidecar is SYNCED
+  .venv/bin/meshctl certs                                # each sidecar's certificate
   .venv/bin/meshctl proxy-config productpage-1.default   # what productpage's sidecar runs
   curl -s 127.0.0.1:{admin}/config_dump | head -c 300       # the same, from the sidecar
   .venv/bin/meshctl apply -f - <<'EOF'                   # shift reviews to 50/50

@@ -25,7 +25,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -33,6 +33,7 @@ from meshd.compile import codec
 from sidecar.config_store import AppliedConfig, ConfigStore
 from sidecar.control_client import Connectivity
 from sidecar.errors import AdminServerError
+from sidecar.identity import IdentityStats
 from sidecar.settings import Settings
 
 log = logging.getLogger("sidecar.admin")
@@ -222,6 +223,20 @@ def _host_port(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
+class IdentityView(Protocol):
+    """What the admin port shows of the workload identity (:class:`IdentityManager`)."""
+
+    def stats(self) -> IdentityStats: ...
+
+    def prometheus_lines(self) -> list[str]: ...
+
+
+def _iso_dt(when: datetime | None) -> str | None:
+    if when is None:
+        return None
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 class AdminApp:
     """Answers admin requests from the sidecar's live state. Pure given that state."""
 
@@ -231,11 +246,13 @@ class AdminApp:
         proxy_id: str,
         store: ConfigStore,
         connectivity: Connectivity,
+        identity: IdentityView,
     ) -> None:
         self.settings = settings
         self.proxy_id = proxy_id
         self.store = store
         self.connectivity = connectivity
+        self.identity = identity
         self._routes = {
             "/ready": self.ready,
             "/config_dump": self.config_dump,
@@ -257,10 +274,37 @@ class AdminApp:
         return endpoint()
 
     def ready(self) -> Response:
-        if self.store.current.value is not None:
+        """200 with a config AND an unexpired certificate; else 503 with every reason."""
+        reasons = []
+        stats = self.identity.stats()
+        if stats.seconds_to_expiry is None:
+            why = stats.last_error or "requesting the first one from meshd"
+            reasons.append(f"no certificate yet ({why})")
+        elif stats.seconds_to_expiry <= 0:
+            why = stats.last_error or "meshd has not renewed it yet"
+            reasons.append(f"the certificate expired at {_iso_dt(stats.not_after)} ({why})")
+        if self.store.current.value is None:
+            why = self.connectivity.last_error or "waiting for the first config from meshd"
+            reasons.append(f"no config yet ({why})")
+        if not reasons:
             return Response(200, b"ready\n")
-        why = self.connectivity.last_error or "waiting for the first config from meshd"
-        return Response(503, f"not ready: no config yet ({why})\n".encode())
+        return Response(503, f"not ready: {'; '.join(reasons)}\n".encode())
+
+    def identity_json(self) -> dict[str, Any]:
+        """The certificate as ``/config_dump`` shows it (never the key)."""
+        stats = self.identity.stats()
+        remaining = stats.seconds_to_expiry
+        return {
+            "spiffeId": stats.spiffe_id,
+            "serial": stats.serial,
+            "notAfter": _iso_dt(stats.not_after),
+            "secondsToExpiry": None if remaining is None else round(remaining, 1),
+            "trustBundle": stats.trust_bundle or None,
+            "roots": stats.roots,
+            "renewals": stats.renewals_total,
+            "renewalFailures": stats.renewal_failures_total,
+            "lastError": stats.last_error,
+        }
 
     def config_dump(self) -> Response:
         applied: AppliedConfig | None = self.store.current.value
@@ -275,7 +319,9 @@ class AdminApp:
                 "url": s.meshd_url,
                 "connected": self.connectivity.connected,
                 "lastError": self.connectivity.last_error,
+                "caFile": str(s.ca_file),
             },
+            "identity": self.identity_json(),
             "sidecar": {
                 "service": s.service,
                 "namespace": s.namespace,
@@ -322,6 +368,7 @@ class AdminApp:
             lines.append(
                 f'mesh_sidecar_config_version_info{{version="{_label_value(applied.version)}"}} 1'
             )
+        lines += self.identity.prometheus_lines()
         return Response(200, ("\n".join(lines) + "\n").encode(), PROMETHEUS)
 
     def clusters(self) -> Response:

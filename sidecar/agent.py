@@ -1,25 +1,40 @@
-"""The sidecar's run loop: state dir, saved config, admin server, registration, config
-watch, heartbeat, and an orderly stop on SIGTERM/SIGINT.
+"""The sidecar's run loop: state dir, saved config, admin server, workload identity,
+registration, config watch, heartbeat, and an orderly stop on SIGTERM/SIGINT.
+
+Start-up order (each step needs the one before)::
+
+    CA file check -> state dir + instance id -> saved config -> admin server
+      -> IdentityManager.run: the saved certificate, or one got with the join token
+      -> registration, config watch and heartbeat, over mTLS with that certificate
+
+The admin server comes up before the certificate, so ``/ready`` can say why the sidecar
+is not ready (no certificate yet: meshd unreachable, ...). A saved unexpired certificate
+lets a sidecar restarted while meshd is down serve at once; without one it retries
+until meshd answers. A refused join token (wrong, expired, revoked, used up) stops the
+sidecar with what to do: create a new join token.
 
 Task tree (structured concurrency; nothing outlives :func:`run`)::
 
     run
     ├── admin server              started first, stopped last
     ├── signal watcher            1st signal: stop the control tasks; 2nd: stop everything
+    ├── IdentityManager.run       started (first certificate) under the control scope,
+    │                             then renews until everything stops
     └── control tasks             cancelled on the first signal, then deregistration
-        ├── Agent.control_loop    register -> long-poll / apply / ACK / NACK -> ...
+        ├── Agent.control_loop    register -> long-poll / roots / apply / ACK / NACK -> ...
         └── Agent.heartbeat       re-register every 30 s (meshd's catalog is in memory)
 
 meshd being down never stops the sidecar: it keeps serving its last good config (or
-the saved one) and retries with jittered exponential backoff, logging once when the
-link fails and once when it recovers.
+the saved one) and its certificate, and retries with jittered exponential backoff,
+logging once when the link fails and once when it recovers.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol
 
 import trio
 
@@ -40,7 +55,8 @@ from sidecar.control_client import (
     Unchanged,
 )
 from sidecar.errors import ControlPlaneError, InstanceUnknown, InvalidSnapshot, StateError
-from sidecar.settings import Settings, derive_instance_id
+from sidecar.identity import IdentityError, IdentityManager
+from sidecar.settings import Settings, check_ca_file, derive_instance_id
 
 log = logging.getLogger("sidecar")
 
@@ -61,9 +77,17 @@ def registration_of(settings: Settings) -> Registration:
     )
 
 
+class TrustRoots(Protocol):
+    """What the agent needs of the identity (:class:`IdentityManager`): take a
+    snapshot's trust roots before the snapshot is ACKed."""
+
+    async def update_roots(self, roots: Sequence[str], trust_bundle: str = "") -> bool: ...
+
+
 class Agent:
     """Keeps one proxy registered and its config current. Drive :meth:`control_loop`
-    and :meth:`heartbeat` in a nursery; both run until cancelled."""
+    and :meth:`heartbeat` in a nursery; both run until cancelled. ``identity`` gets
+    every snapshot's trust roots before the snapshot is applied (and so ACKed)."""
 
     def __init__(
         self,
@@ -72,6 +96,7 @@ class Agent:
         store: ConfigStore,
         client: ControlClient,
         connectivity: Connectivity,
+        identity: TrustRoots,
         *,
         heartbeat_s: float = HEARTBEAT_S,
         backoff: Callable[[], Backoff] = Backoff,
@@ -81,6 +106,7 @@ class Agent:
         self.store = store
         self.client = client
         self.connectivity = connectivity
+        self.identity = identity
         self.registration = registration_of(settings)
         self.heartbeat_s = heartbeat_s
         self.registered = False
@@ -192,13 +218,23 @@ class Agent:
             await self.offer(result)
 
     async def offer(self, changed: Changed) -> None:
-        """A snapshot from meshd: apply and save it, or refuse (NACK) it."""
+        """A snapshot from meshd: trust its roots, then apply and save it; or refuse
+        (NACK) it. The roots go to the identity *before* the snapshot is applied (its ACK
+        is the next poll): during a root rotation meshd switches signing to the new root
+        only once every proxy ACKed a bundle holding it, so by then this sidecar's TLS
+        contexts must trust it."""
         try:
             snapshot = decode_snapshot(
                 changed.body, self.proxy_id, expected_version=changed.version
             )
         except InvalidSnapshot as exc:
             await self.refuse(changed.version or exc.version, exc)
+            return
+        try:
+            await self.identity.update_roots(snapshot.trust_roots, snapshot.trust_bundle)
+        except IdentityError as exc:
+            reason = f"trust_roots: {exc}"
+            await self.refuse(snapshot.version, InvalidSnapshot([reason], version=snapshot.version))
             return
         self._refused.reset()
         self._last_refused = ""
@@ -256,15 +292,19 @@ def resolve_proxy_id(settings: Settings) -> str:
 
 
 async def run(settings: Settings) -> None:
-    """``mesh-sidecar run``: until SIGTERM/SIGINT."""
+    """``mesh-sidecar run``: until SIGTERM/SIGINT. Raises :class:`ConfigError` (a bad CA
+    file), :class:`StateError`, :class:`AdminServerError` or the identity's errors
+    (:class:`JoinTokenRejected`...) when the sidecar cannot run."""
+    await trio.to_thread.run_sync(check_ca_file, settings.ca_file)
     await trio.to_thread.run_sync(prepare_state_dir, settings.state_dir)
     proxy_id = await trio.to_thread.run_sync(resolve_proxy_id, settings)
     log.info(
-        "mesh-sidecar starting: instance %s, service %s.%s, meshd %s, state dir %s",
+        "mesh-sidecar starting: instance %s, service %s.%s, meshd %s (CA file %s), state dir %s",
         proxy_id,
         settings.service,
         settings.namespace,
         settings.meshd_url,
+        settings.ca_file,
         settings.state_dir,
     )
     store = ConfigStore(settings.state_dir, proxy_id)
@@ -274,15 +314,16 @@ async def run(settings: Settings) -> None:
         log.info("serving saved config version %s (%s)", saved.version, summary(saved))
     else:
         log.info("no saved config for %s: waiting for the first one from meshd", proxy_id)
+    manager = IdentityManager.from_settings(settings, proxy_id, ca_file=settings.ca_file)
     connectivity = Connectivity(settings.meshd_url, serving=lambda: store.version)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with (
-            ControlClient(settings.meshd_url, settings.token) as client,
+            ControlClient(settings.meshd_url, manager.control_plane_context) as client,
             trio.open_nursery() as nursery,
         ):
-            agent = Agent(settings, proxy_id, store, client, connectivity)
+            agent = Agent(settings, proxy_id, store, client, connectivity, manager)
             admin = AdminServer(
-                AdminApp(settings, proxy_id, store, connectivity),
+                AdminApp(settings, proxy_id, store, connectivity, manager),
                 settings.admin_host,
                 settings.admin_port,
             )
@@ -290,10 +331,16 @@ async def run(settings: Settings) -> None:
             control = trio.CancelScope()
             nursery.start_soon(_watch_signals, signals, control, nursery.cancel_scope)
             with control:
+                # Started under the control scope (a signal stops the wait for the first
+                # certificate), then renewing in the outer nursery until the very end.
+                await nursery.start(manager.run)
                 async with trio.open_nursery() as tasks:
                     tasks.start_soon(agent.control_loop)
                     tasks.start_soon(agent.heartbeat)
-            await agent.deregister()
+            if manager.current.value is not None:
+                await agent.deregister()
+            else:
+                log.info("stopped before this sidecar got a certificate: nothing to deregister")
             log.info("stopping the admin server")
             nursery.cancel_scope.cancel()
     log.info("mesh-sidecar stopped")

@@ -2,7 +2,8 @@
 
 Every flag can also be set as ``MESH_<FLAG>`` (``--app-port`` -> ``MESH_APP_PORT``); a
 flag given on the command line wins. Exit status: 0 after an orderly stop (SIGTERM or
-SIGINT), 2 for invalid flags, 1 when the sidecar cannot run (state dir, admin port).
+SIGINT), 2 for invalid flags (an unreadable CA file too), 1 when the sidecar cannot run
+(state dir, admin port, a join token meshd refuses).
 """
 
 from __future__ import annotations
@@ -17,20 +18,27 @@ import trio
 
 from sidecar import __version__, agent
 from sidecar.errors import ConfigError, SidecarError
-from sidecar.settings import STATE_ROOT, build_settings, env_name
+from sidecar.settings import DEFAULT_MESHD_URL, STATE_ROOT, build_settings, env_name
 
 log = logging.getLogger("sidecar")
 
 DESCRIPTION = """\
 Run one sidecar next to one service instance. Today the sidecar is meshd's client:
-it registers the instance, keeps the newest valid config for its proxy (validated,
-ACKed or NACKed, saved to the state dir), keeps serving it while meshd is down, and
-shows its state on the admin port (127.0.0.1). The proxy listeners come next.
+it gets its workload certificate (with the join token, then renewing it), registers
+the instance, keeps the newest valid config for its proxy (validated, ACKed or NACKed,
+saved to the state dir), keeps serving it and its certificate while meshd is down, and
+shows its state on the admin port (127.0.0.1). It talks to meshd over HTTPS only,
+verifying meshd with --ca-file and the mesh roots and authenticating with its
+certificate (mTLS). The proxy listeners come next.
 """
 
 EPILOG = f"""\
 Every flag can also be set in the environment as MESH_<FLAG>, e.g. MESH_SERVICE,
 MESH_APP_PORT, MESH_TOKEN (prefer MESH_TOKEN to --token: flags show in ps).
+
+First start:  export MESH_TOKEN=$(meshctl token create --service reviews)
+              mesh-sidecar run --service reviews --app-port 9080 \\
+                  --ca-file /path/to/meshd-data-dir/ca-bundle.pem
 
 Admin endpoints (GET): /ready, /config_dump, /stats/prometheus, /clusters.
 State dir default: {STATE_ROOT}/<service>.<namespace> (created mode 0700).
@@ -63,13 +71,20 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
             help=f"{help_text} [{variable}]",
         )
 
-    opt("--meshd", "meshd's URL (default http://127.0.0.1:15012)", "URL")
+    opt("--meshd", f"meshd's URL, HTTPS only (default {DEFAULT_MESHD_URL})", "URL")
     opt(
         "--token",
-        "bearer token for meshd; for now an admin token with the editor role "
-        "(meshctl admin-token create --name NAME --role editor). A later release "
-        "replaces it with a one-time join token and a workload certificate",
+        "the join token that gets this workload its first certificate; create one with "
+        "meshctl token create --service NAME --namespace NS (it may be single-use: "
+        "renewals use the certificate, and a restart the saved one). Required",
         "TOKEN",
+    )
+    opt(
+        "--ca-file",
+        "the CA bundle to verify meshd's certificate with on first contact: meshd's "
+        "<data-dir>/ca-bundle.pem (afterwards the mesh roots from its snapshots are "
+        "trusted too). Required",
+        "PEM",
     )
     opt("--service", "the service this instance belongs to (required)", "NAME")
     opt("--namespace", "the service's namespace (default default)", "NS")
@@ -100,7 +115,11 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     opt("--protocol", "the application's protocol: http, http2, grpc or tcp (default http)", "P")
     opt("--labels", "instance labels that subsets select on, e.g. version=v1,track=a", "K=V,...")
     opt("--service-account", "identity's service account (default: the service name)", "NAME")
-    opt("--state-dir", f"saved config and instance id (default {STATE_ROOT}/<service>.<ns>)", "DIR")
+    opt(
+        "--state-dir",
+        f"saved config, certificate and instance id (default {STATE_ROOT}/<service>.<ns>)",
+        "DIR",
+    )
     opt("--poll-wait", "seconds each config long-poll waits for a change (default 30)", "S")
     opt("--log-level", "debug, info, warning or error (default info)", "LEVEL")
     return parser

@@ -1,4 +1,4 @@
-"""HTTP to meshd: register the instance, long-poll its config, NACK, deregister.
+"""HTTPS to meshd: register the instance, long-poll its config, NACK, deregister.
 
 The protocol (``meshd/api/proxies.py``, ``meshd/xds/hub.py``):
 
@@ -10,21 +10,33 @@ The protocol (``meshd/api/proxies.py``, ``meshd/xds/hub.py``):
 - ``POST /v1/xds/{proxy}/ack`` with ``{"version", "error"}`` NACKs a version; meshd
   does not resend it.
 
+Every request authenticates with the workload's certificate (mTLS), never a bearer
+token: meshd lets a workload act only for instances of its own namespace and service
+account. The TLS context comes from ``tls()`` (``IdentityManager.control_plane_context``),
+read before every request; identities are immutable, so a renewal or a change of the
+trust roots shows as a *new* context object, and then the client builds a new
+``httpx.AsyncClient`` on it. The old client is closed once the requests still running on
+it (a long poll, typically) have ended: nothing in flight is cut off, and no connection
+made with an old certificate is reused for a new request.
+
 httpx errors and statuses become the typed errors of :mod:`sidecar.errors` here.
 Works under Trio (httpx picks the running async library).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+import anyio
 import httpx
 
 from sidecar import __version__
@@ -33,6 +45,7 @@ from sidecar.errors import (
     ControlPlaneRejected,
     ControlPlaneUnavailable,
     InstanceUnknown,
+    SidecarError,
 )
 
 log = logging.getLogger("sidecar.control")
@@ -44,6 +57,11 @@ REQUEST_TIMEOUT_S = 10.0
 POLL_GRACE_S = 15.0
 """How much longer than the requested wait a long poll may take before it counts as
 hung (meshd answers at the end of the wait; the network may add a little)."""
+CLOSE_TIMEOUT_S = 2.0
+"""How long closing a retired client may take (its TLS close_notify) before it is cut."""
+
+TlsSource = Callable[[], ssl.SSLContext]
+"""What the client asks for the TLS context before each request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,25 +110,25 @@ PollResult = Changed | Unchanged
 
 
 class ControlClient:
-    """One HTTP client for all requests to meshd; use as an async context manager."""
+    """The HTTPS client for all requests to meshd; use as an async context manager.
+    ``tls`` gives the current TLS context (see the module docstring); ``transport`` is
+    for tests."""
 
     def __init__(
         self,
         base_url: str,
-        token: str,
+        tls: TlsSource,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers={"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT},
-            timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-            # Never through a proxy from the environment: HTTP_PROXY may well point at
-            # this very sidecar's outbound listener.
-            trust_env=False,
-            transport=transport,
-        )
+        self._tls = tls
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._context: ssl.SSLContext | None = None
+        self._in_use: dict[httpx.AsyncClient, int] = {}
+        self.clients_built = 0
+        self._closed = False
 
     async def __aenter__(self) -> ControlClient:
         return self
@@ -124,7 +142,51 @@ class ControlClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        self._closed = True
+        client, self._client, self._context = self._client, None, None
+        if client is not None and client not in self._in_use:
+            await _close(client)
+
+    def _build(self, context: ssl.SSLContext) -> httpx.AsyncClient:
+        self.clients_built += 1
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            verify=context,
+            headers={"User-Agent": USER_AGENT},
+            timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            # Never through a proxy from the environment: HTTP_PROXY may well point at
+            # this very sidecar's outbound listener.
+            trust_env=False,
+            transport=self._transport,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lease(self) -> AsyncIterator[httpx.AsyncClient]:
+        """The client for one request: built on the current TLS context (a new one when
+        the context changed), and kept open until the request is done."""
+        if self._closed:
+            raise ControlPlaneUnavailable("the connection to meshd is closed (the sidecar stops)")
+        try:
+            context = self._tls()
+        except (SidecarError, OSError, ssl.SSLError) as exc:
+            raise ControlPlaneUnavailable(f"no TLS context to reach meshd with: {exc}") from exc
+        retired: httpx.AsyncClient | None = None
+        if self._client is None or context is not self._context:
+            retired, self._client, self._context = self._client, self._build(context), context
+        client = self._client
+        self._in_use[client] = self._in_use.get(client, 0) + 1
+        try:
+            if retired is not None and retired not in self._in_use:
+                await _close(retired)
+            yield client
+        finally:
+            left = self._in_use[client] - 1
+            if left:
+                self._in_use[client] = left
+            else:
+                del self._in_use[client]
+                if client is not self._client:  # retired while this request ran
+                    await _close(client)
 
     # --- the requests -------------------------------------------------------------------
 
@@ -174,17 +236,25 @@ class ControlClient:
     ) -> httpx.Response:
         what = f"{method} {self.base_url}{path}"
         try:
-            response = await self._client.request(
-                method,
-                path,
-                json=json,
-                params=params,
-                timeout=limits if limits is not None else httpx.USE_CLIENT_DEFAULT,
-            )
+            async with self._lease() as client:
+                response = await client.request(
+                    method,
+                    path,
+                    json=json,
+                    params=params,
+                    timeout=limits if limits is not None else httpx.USE_CLIENT_DEFAULT,
+                )
         except httpx.HTTPError as exc:
-            reason = str(exc) or type(exc).__name__
+            reason = _reason(exc)
+            hint = ""
+            if "CERTIFICATE_VERIFY_FAILED" in reason:
+                hint = (
+                    "; meshd's certificate does not chain to the mesh roots this sidecar "
+                    "holds or to its --ca-file, or is not for this address"
+                )
             raise ControlPlaneUnavailable(
-                f"meshd at {self.base_url} is unreachable ({what}: {type(exc).__name__}: {reason})"
+                f"meshd at {self.base_url} is unreachable ({what}: {type(exc).__name__}: "
+                f"{reason}){hint}"
             ) from exc
         status = response.status_code
         if status < 300 or status == 304:
@@ -199,8 +269,10 @@ class ControlClient:
                 detail=detail,
             )
         hint = {
-            401: "check --token (MESH_TOKEN)",
-            403: "the token needs the editor role",
+            401: "meshd did not accept this sidecar's certificate (none presented: it has "
+            "expired and is being renewed); the sidecar retries",
+            403: "the certificate's namespace and service account must be the instance's: "
+            "check --namespace and --service-account",
         }.get(status, "check this sidecar's flags")
         raise ControlPlaneRejected(
             f"meshd rejected {what}: {status} {detail}; {hint}", status=status, detail=detail
@@ -209,6 +281,21 @@ class ControlClient:
 
 def _seg(value: str) -> str:
     return quote(value, safe="")
+
+
+async def _close(client: httpx.AsyncClient) -> None:
+    """Close a client that no request uses any more: bounded, and also while the
+    caller is being cancelled (its connections must not leak)."""
+    with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+        await client.aclose()
+
+
+def _reason(exc: BaseException) -> str:
+    """The real reason of an httpx error (often an empty message around an OSError or
+    SSLError): :mod:`sidecar.identity`'s, which imports this module."""
+    from sidecar.identity import _reason as reason_of  # noqa: PLC0415 — import cycle
+
+    return reason_of(exc)
 
 
 def _problem_detail(response: httpx.Response) -> str:

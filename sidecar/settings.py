@@ -2,7 +2,15 @@
 
 Parsing is pure (no I/O): :func:`build_settings` takes the raw strings argparse collected
 and returns :class:`Settings` or raises :class:`ConfigError` naming the flag, its
-environment variable, what is wrong and what would be right.
+environment variable, what is wrong and what would be right. :func:`check_ca_file` is the
+one check that reads a file (the agent runs it first, in a worker thread).
+
+meshd serves HTTPS only. The sidecar verifies it with ``--ca-file`` (meshd's
+``<data-dir>/ca-bundle.pem``) on first contact and with the mesh roots it holds
+afterwards, and authenticates with its workload certificate; ``--token`` is the join
+token that gets the first certificate. There is deliberately no trust on first use: the
+join token is a bearer secret, and sending it to whatever answers on meshd's port before
+anything was verified would hand it to any process that got there first.
 """
 
 from __future__ import annotations
@@ -16,10 +24,16 @@ from pathlib import Path
 from typing import Literal, cast
 from urllib.parse import urlsplit
 
-from meshd.netaddr import is_loopback_host
+from meshd.netaddr import is_loopback_url
 from sidecar.errors import ConfigError
 
 ENV_PREFIX = "MESH_"
+DEFAULT_MESHD_URL = "https://127.0.0.1:15012"
+ADMIN_TOKEN_PREFIX = "mshd_"  # noqa: S105 — meshd's admin tokens start so (not a secret)
+CA_BUNDLE_HINT = (
+    "meshd's CA bundle: <data-dir>/ca-bundle.pem on meshd's host (meshd writes it at "
+    "start; copy it to the sidecar's host over a channel you trust)"
+)
 PROTOCOLS = ("http", "http2", "grpc", "tcp")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 STATE_ROOT = Path("/var/lib/mesh-sidecar")
@@ -45,10 +59,12 @@ def _where(flag: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything ``mesh-sidecar run`` was told. ``instance_id`` None means "derive it"
-    (``<service>-<8 hex>.<namespace>``, the suffix kept in the state dir)."""
+    (``<service>-<8 hex>.<namespace>``, the suffix kept in the state dir). ``token`` is the
+    join token; ``ca_file`` the CA bundle that verifies meshd on first contact."""
 
     meshd_url: str
     token: str
+    ca_file: Path
     service: str
     namespace: str
     instance_id: str | None
@@ -126,10 +142,15 @@ def _check_label_key(key: str) -> None:
 
 def parse_meshd_url(text: str) -> str:
     parts = urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme == "http" and parts.hostname:
         raise ConfigError(
-            f"{_where('--meshd')}: {text!r} is not an http(s) URL; "
-            "e.g. http://127.0.0.1:15012 or https://meshd.example.com:15012"
+            f"{_where('--meshd')}: {text!r} is plain HTTP; meshd serves HTTPS only (the "
+            "sidecar authenticates with its certificate over mTLS): use https://"
+        )
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(
+            f"{_where('--meshd')}: {text!r} is not an https URL; "
+            f"e.g. {DEFAULT_MESHD_URL} or https://meshd.example.com:15012"
         )
     try:
         parts.port  # noqa: B018 — raises ValueError for a bad port
@@ -138,9 +159,25 @@ def parse_meshd_url(text: str) -> str:
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigError(
             f"{_where('--meshd')}: {text!r} must not carry credentials, a query or a "
-            "fragment; pass the token with --token"
+            "fragment; pass the join token with --token"
         )
     return text.strip().rstrip("/")
+
+
+def check_ca_file(path: Path) -> None:
+    """``--ca-file`` can be read and holds at least one PEM certificate; raises
+    :class:`ConfigError` otherwise. Reads the file: call it from a worker thread."""
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        raise ConfigError(
+            f"{_where('--ca-file')}: cannot read {path}: {exc.strerror or exc}; give "
+            f"{CA_BUNDLE_HINT}"
+        ) from exc
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ConfigError(
+            f"{_where('--ca-file')}: {path} holds no PEM certificate; give {CA_BUNDLE_HINT}"
+        )
 
 
 def default_state_dir(service: str, namespace: str) -> Path:
@@ -194,17 +231,25 @@ def build_settings(raw: Mapping[str, str | None]) -> Settings:
             "at 127.0.0.1 (also the service port clients name)"
         )
     token = text("token")
+    make_one = f"meshctl token create --service {service} --namespace {namespace}"
     if not token:
         raise ConfigError(
-            f"{_where('--token')} is required: an admin token with the editor role "
-            "(meshctl admin-token create --name <service> --role editor)"
+            f"{_where('--token')} is required: the join token that gets this workload its "
+            f"first certificate; create one with: {make_one}"
         )
-    meshd_url = parse_meshd_url(text("meshd") or "http://127.0.0.1:15012")
-    split = urlsplit(meshd_url)
-    if split.scheme == "http" and not is_loopback_host(split.hostname or ""):
+    if token.startswith(ADMIN_TOKEN_PREFIX):
         raise ConfigError(
-            f"{_where('--meshd')}: {meshd_url} is plain HTTP to a non-loopback host; the "
-            "token must not cross the network in cleartext: use https://"
+            f"{_where('--token')} is an admin token; the sidecar authenticates with a "
+            f"workload certificate, which it gets with a join token: {make_one}"
+        )
+    meshd_url = parse_meshd_url(text("meshd") or DEFAULT_MESHD_URL)
+    ca_text = text("ca_file")
+    if not ca_text:
+        where = "this host" if is_loopback_url(meshd_url) else "meshd's host"
+        raise ConfigError(
+            f"{_where('--ca-file')} is required: the CA bundle that verifies meshd's "
+            f"certificate before the join token is sent, i.e. <data-dir>/ca-bundle.pem on "
+            f"{where} (meshd writes it at start)"
         )
     instance_id = text("id") or None
     if instance_id is not None and (
@@ -267,6 +312,7 @@ def build_settings(raw: Mapping[str, str | None]) -> Settings:
     return Settings(
         meshd_url=meshd_url,
         token=token,
+        ca_file=Path(ca_text).expanduser(),
         service=service,
         namespace=namespace,
         instance_id=instance_id,

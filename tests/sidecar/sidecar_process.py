@@ -1,7 +1,9 @@
 """``mesh-sidecar run`` as a real process, for integration and end-to-end tests.
 
 ``SidecarProcess`` owns one sidecar: its ports, state dir and log. It can be stopped
-(SIGTERM), killed and started again on the same state dir and ports.
+(SIGTERM), killed and started again on the same state dir and ports. It gets its join
+token from the environment (``MESH_TOKEN``, as the docs advise) and verifies meshd with
+``ca_file`` (``MeshdProcess.ca_file``: meshd's ``<data-dir>/ca-bundle.pem``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class SidecarProcess:
         token: str,
         state_dir: Path,
         *,
+        ca_file: Path,
         service: str = "reviews",
         namespace: str = "default",
         app_port: int = 9080,
@@ -41,6 +44,7 @@ class SidecarProcess:
     ) -> None:
         self.meshd_url = meshd_url
         self.token = token
+        self.ca_file = ca_file
         self.state_dir = state_dir
         self.service = service
         self.namespace = namespace
@@ -59,6 +63,7 @@ class SidecarProcess:
         argv = [
             sys.executable, "-m", "sidecar.cli", "run",
             "--meshd", self.meshd_url,
+            "--ca-file", str(self.ca_file),
             "--service", self.service,
             "--namespace", self.namespace,
             "--app-port", str(self.app_port),

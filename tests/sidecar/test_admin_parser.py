@@ -24,7 +24,14 @@ from sidecar.admin import (
 from sidecar.config_store import ConfigStore
 from sidecar.control_client import Connectivity
 from sidecar.errors import ControlPlaneUnavailable
-from tests.sidecar.support import CLUSTER, PROXY, SPIFFE, make_settings, make_snapshot
+from tests.sidecar.support import (
+    CLUSTER,
+    PROXY,
+    SPIFFE,
+    FakeIdentity,
+    make_settings,
+    make_snapshot,
+)
 
 GET_READY = b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1:15000\r\n\r\n"
 
@@ -227,7 +234,13 @@ def app(tmp_path: Path) -> AdminApp:
         PROXY,
         ConfigStore(tmp_path, PROXY),
         Connectivity(settings.meshd_url),
+        FakeIdentity(),
     )
+
+
+def fake_identity(app: AdminApp) -> FakeIdentity:
+    assert isinstance(app.identity, FakeIdentity)
+    return app.identity
 
 
 def get(app: AdminApp, target: str, method: str = "GET") -> Response:
@@ -238,8 +251,8 @@ def test_not_ready_without_config(app: AdminApp) -> None:
     response = get(app, "/ready")
     assert response.status == 503
     assert b"waiting for the first config from meshd" in response.body
-    app.connectivity.failed(ControlPlaneUnavailable("meshd at http://x is unreachable"))
-    assert b"meshd at http://x is unreachable" in get(app, "/ready").body
+    app.connectivity.failed(ControlPlaneUnavailable("meshd at https://x is unreachable"))
+    assert b"meshd at https://x is unreachable" in get(app, "/ready").body
     dump = json.loads(get(app, "/config_dump").body)
     assert (dump["proxy"], dump["version"], dump["source"], dump["snapshot"]) == (
         PROXY,
@@ -269,11 +282,25 @@ def test_ready_and_dumps_with_config(app: AdminApp) -> None:
     assert dump["sidecar"]["labels"] == {"version": "v1"}
     assert dump["lastRejection"]["version"] == "v10"
     assert dump["controlPlane"] == {
-        "url": "http://127.0.0.1:15012",
+        "url": "https://127.0.0.1:15012",
         "connected": False,
         "lastError": None,
+        "caFile": str(app.settings.ca_file),
     }
-    assert "tok" not in dump_response.body.decode()
+    assert dump["identity"] == {
+        "spiffeId": SPIFFE,
+        "serial": "1a2b",
+        "notAfter": dump["identity"]["notAfter"],
+        "secondsToExpiry": 3600.0,
+        "trustBundle": "0123456789abcdef",
+        "roots": 1,
+        "renewals": 0,
+        "renewalFailures": 0,
+        "lastError": None,
+    }
+    assert dump["identity"]["notAfter"].endswith("Z")
+    assert "mjt_" not in dump_response.body.decode()  # never the join token
+    assert "PRIVATE KEY" not in dump_response.body.decode()
 
     app.connectivity.succeeded()
     stats = get(app, "/stats/prometheus")
@@ -284,12 +311,45 @@ def test_ready_and_dumps_with_config(app: AdminApp) -> None:
     assert "mesh_sidecar_control_plane_connected 1" in lines
     assert 'mesh_sidecar_config_version_info{version="v9"} 1' in lines
     assert "# TYPE mesh_sidecar_config_updates_total counter" in lines
+    assert "mesh_sidecar_certificate_renewals_total 0" in lines  # the identity's metrics
 
     clusters = get(app, "/clusters").body.decode().splitlines()
     assert f"{CLUSTER}::added_via_api::true" in clusters
     assert f"{CLUSTER}::127.0.0.1:15006::identity::{SPIFFE}" in clusters
     assert f"{CLUSTER}::127.0.0.2:15006::weight::1" in clusters
     assert f"{CLUSTER}::127.0.0.2:15006::instance::reviews-1.default" in clusters
+
+
+def test_not_ready_without_a_certificate(app: AdminApp) -> None:
+    app.store.apply(make_snapshot("v1"))
+    identity = fake_identity(app)
+    identity.seconds_left = None
+    response = get(app, "/ready")
+    assert response.status == 503
+    assert response.body == b"not ready: no certificate yet (requesting the first one from meshd)\n"
+    identity.last_error = "meshd at https://x is unreachable (ConnectError: refused)"
+    assert b"no certificate yet (meshd at https://x is unreachable" in get(app, "/ready").body
+    dump = json.loads(get(app, "/config_dump").body)
+    assert dump["identity"]["spiffeId"] is None
+    assert dump["identity"]["secondsToExpiry"] is None
+
+
+def test_not_ready_with_an_expired_certificate(app: AdminApp) -> None:
+    app.store.apply(make_snapshot("v1"))
+    identity = fake_identity(app)
+    identity.seconds_left = -5.0
+    identity.last_error = "meshd at https://x is unreachable"
+    response = get(app, "/ready")
+    assert response.status == 503
+    assert b"not ready: the certificate expired at 20" in response.body
+    assert b"Z (meshd at https://x is unreachable)" in response.body
+
+
+def test_every_reason_is_given(app: AdminApp) -> None:
+    fake_identity(app).seconds_left = None
+    body = get(app, "/ready").body.decode()
+    assert body.startswith("not ready: no certificate yet (")
+    assert "; no config yet (waiting for the first config from meshd)" in body
 
 
 def test_unknown_paths_and_methods(app: AdminApp) -> None:

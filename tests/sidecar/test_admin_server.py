@@ -15,7 +15,7 @@ from sidecar.admin import AdminApp, AdminServer, Response
 from sidecar.config_store import ConfigStore
 from sidecar.control_client import Connectivity
 from sidecar.errors import AdminServerError
-from tests.sidecar.support import PROXY, make_settings, make_snapshot
+from tests.sidecar.support import PROXY, FakeIdentity, make_settings, make_snapshot
 
 Scenario = Callable[[int], Awaitable[None]]
 
@@ -30,7 +30,7 @@ def serve(
     settings = make_settings(tmp_path)
     store = ConfigStore(tmp_path, PROXY)
     store.apply(make_snapshot("v1"))
-    app = AdminApp(settings, PROXY, store, Connectivity(settings.meshd_url))
+    app = AdminApp(settings, PROXY, store, Connectivity(settings.meshd_url), FakeIdentity())
     prepare(app)
     server = AdminServer(app, "127.0.0.1", 0, **server_args)  # type: ignore[arg-type]
 
@@ -172,7 +172,7 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         settings = make_settings(tmp_path)
         store = ConfigStore(tmp_path, PROXY)
-        app = AdminApp(settings, PROXY, store, Connectivity(settings.meshd_url))
+        app = AdminApp(settings, PROXY, store, Connectivity(settings.meshd_url), FakeIdentity())
 
         async def main() -> None:
             try:

@@ -1,12 +1,16 @@
 """The agent's protocol logic against a scripted meshd (httpx.MockTransport): apply and
-ACK, NACK and keep the old config, re-register on 404, ride out an unreachable meshd,
-confirm a saved config, heartbeat, deregister; and the backoff it paces retries with."""
+ACK, NACK and keep the old config, hand every snapshot's trust roots to the identity
+before the ACK, re-register on 404, ride out an unreachable meshd, confirm a saved
+config, heartbeat, deregister; the control client's TLS context following the identity;
+and the backoff it paces retries with. The identity is a fake (``FakeIdentity``): its
+real counterpart is tested in ``test_identity*.py`` and end to end."""
 
 from __future__ import annotations
 
 import json
 import logging
 import random
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,20 +18,25 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from meshd.compile import codec
-from sidecar.agent import Agent
+from sidecar.agent import Agent, registration_of
 from sidecar.config_store import SNAPSHOT_FILE, ConfigStore
 from sidecar.control_client import Backoff, Connectivity, ControlClient
+from sidecar.errors import ControlPlaneRejected, ControlPlaneUnavailable
+from sidecar.identity import IdentityError
 from tests.sidecar.support import (
     PROXY,
+    FakeIdentity,
     dangling_route_snapshot,
     encode,
     make_settings,
     make_snapshot,
 )
 
-MESHD = "http://meshd.test"
+MESHD = "https://meshd.test:15012"
+ROOT = "-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n"
 Reply = httpx.Response | Exception
 
 
@@ -76,7 +85,8 @@ class FakeMeshd:
             tick.set()
 
     async def _answer(self, request: httpx.Request) -> httpx.Response:
-        assert request.headers["Authorization"] == "Bearer tok"
+        # The workload certificate authenticates (mTLS): no bearer token, ever.
+        assert "authorization" not in request.headers
         path = request.url.path
         reply: Reply
         if request.method == "PUT" and path == f"/v1/instances/{PROXY}":
@@ -123,22 +133,27 @@ def drive(
     task: str = "control_loop",
     heartbeat_s: float = 30.0,
     registered: bool = False,
+    identity: FakeIdentity | None = None,
 ) -> Agent:
     """Run one of the agent's tasks against ``fake`` until ``until()`` holds (or fail
     after a deadline), then cancel it."""
     settings = make_settings(tmp_path, poll_wait="1", labels="version=v1")
     store = store or ConfigStore(tmp_path, PROXY)
+    identity = identity or FakeIdentity()
     agent_box: list[Agent] = []
 
     async def main() -> None:
         transport = httpx.MockTransport(fake)
-        async with ControlClient(MESHD, "tok", transport=transport) as client:
+        async with ControlClient(
+            MESHD, identity.control_plane_context, transport=transport
+        ) as client:
             agent = Agent(
                 settings,
                 PROXY,
                 store,
                 client,
                 Connectivity(MESHD, serving=lambda: store.version),
+                identity,
                 heartbeat_s=heartbeat_s,
                 backoff=CountingBackoff,
             )
@@ -303,8 +318,8 @@ def test_registration_retries_until_meshd_accepts_it(
         register_script=[
             refused(),
             refused(),
-            problem(401, "missing or invalid bearer token"),
-            problem(401, "missing or invalid bearer token"),
+            problem(401, "no credential: present a workload certificate of this mesh"),
+            problem(401, "no credential: present a workload certificate of this mesh"),
         ]
     )
     agent = drive(tmp_path, fake, lambda: len(fake.polls) == 1)
@@ -314,7 +329,8 @@ def test_registration_retries_until_meshd_accepts_it(
     assert len(warnings) == 2, warnings
     assert "unreachable" in warnings[0]
     assert "no config yet" in warnings[0]
-    assert "401 missing or invalid bearer token; check --token" in warnings[1]
+    assert "401 no credential" in warnings[1]
+    assert "did not accept this sidecar's certificate" in warnings[1]
     assert caplog.text.count("registered instance") == 1
 
 
@@ -341,10 +357,14 @@ def test_heartbeat_waits_while_unregistered(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
 
     async def main() -> None:
-        async with ControlClient(MESHD, "tok", transport=httpx.MockTransport(fake)) as client:
+        identity = FakeIdentity()
+        transport = httpx.MockTransport(fake)
+        async with ControlClient(
+            MESHD, identity.control_plane_context, transport=transport
+        ) as client:
             agent = Agent(
                 settings, PROXY, ConfigStore(tmp_path, PROXY), client, Connectivity(MESHD),
-                heartbeat_s=0.001,
+                identity, heartbeat_s=0.001,
             )  # fmt: skip
             with trio.move_on_after(0.05):
                 await agent.heartbeat()
@@ -375,15 +395,168 @@ def test_deregister_is_best_effort(
     settings = make_settings(tmp_path)
 
     async def main() -> None:
-        async with ControlClient(MESHD, "tok", transport=httpx.MockTransport(fake)) as client:
+        identity = FakeIdentity()
+        transport = httpx.MockTransport(fake)
+        async with ControlClient(
+            MESHD, identity.control_plane_context, transport=transport
+        ) as client:
             agent = Agent(
-                settings, PROXY, ConfigStore(tmp_path, PROXY), client, Connectivity(MESHD)
-            )
+                settings, PROXY, ConfigStore(tmp_path, PROXY), client, Connectivity(MESHD),
+                identity,
+            )  # fmt: skip
             await agent.deregister()
 
     trio.run(main)
     assert fake.deletes == 1
     assert logged in caplog.text
+
+
+# --- trust roots ----------------------------------------------------------------------------
+
+
+def test_trust_roots_reach_the_identity_before_the_snapshot_is_applied(tmp_path: Path) -> None:
+    store = ConfigStore(tmp_path, PROXY)
+    store.apply(make_snapshot("v1"))
+    seen_versions: list[str] = []
+    identity = FakeIdentity(on_update=lambda: seen_versions.append(store.version))
+    snap = make_snapshot("v2", trust_roots=(ROOT,), trust_bundle="digest2")
+    fake = FakeMeshd(polls_script=[snapshot_reply(encode(snap), "v2")])
+    agent = drive(tmp_path, fake, lambda: len(fake.polls) == 2, store=store, identity=identity)
+    assert identity.roots_updates == [((ROOT,), "digest2")]
+    assert seen_versions == ["v1"]  # the roots were taken while v1 was still applied ...
+    assert fake.polls == ["v1", "v2"]  # ... and before the poll that ACKs v2
+    assert agent.store.version == "v2"
+
+
+def test_a_confirmed_saved_config_still_hands_over_its_roots(tmp_path: Path) -> None:
+    store = ConfigStore(tmp_path, PROXY)
+    snap = make_snapshot("v1", trust_roots=(ROOT,), trust_bundle="d1")
+    store.apply(snap, "saved")
+    identity = FakeIdentity()
+    fake = FakeMeshd(polls_script=[snapshot_reply(encode(snap), "v1")])
+    drive(tmp_path, fake, lambda: len(fake.polls) == 2, store=store, identity=identity)
+    assert identity.roots_updates == [((ROOT,), "d1")]
+
+
+def test_roots_the_identity_refuses_are_nacked_and_the_old_config_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ConfigStore(tmp_path, PROXY)
+    store.apply(make_snapshot("v1"))
+    identity = FakeIdentity(refuse_roots="trust root 1 is not a PEM certificate")
+    snap = make_snapshot("v2", trust_roots=(ROOT,), trust_bundle="d2")
+    fake = FakeMeshd(polls_script=[snapshot_reply(encode(snap), "v2")])
+    agent = drive(tmp_path, fake, lambda: len(fake.polls) == 2, store=store, identity=identity)
+    assert fake.polls == ["v1", "v1"]
+    assert [n["version"] for n in fake.nacks] == ["v2"]
+    assert "trust_roots: refusing the new trust roots" in str(fake.nacks[0]["error"])
+    assert agent.store.version == "v1"
+    assert "config version v2 rejected, keeping version v1" in caplog.text
+
+
+# --- the control client ------------------------------------------------------------------------
+
+
+def is_closed(client: httpx.AsyncClient | None) -> bool:
+    assert client is not None
+    return client.is_closed
+
+
+def test_a_new_tls_context_gets_a_new_client_and_the_old_one_closes_after_its_requests(
+    tmp_path: Path,
+) -> None:
+    """A renewal (or a change of roots) publishes a new context: the next request goes
+    out on a new client; a long poll running on the old one is not cut off, and the old
+    client is closed once it has answered."""
+    release = trio.Event()
+
+    async def meshd(request: httpx.Request) -> httpx.Response:
+        assert "authorization" not in request.headers
+        if request.method == "GET":
+            await release.wait()
+            return httpx.Response(304)
+        return httpx.Response(200)
+
+    first, second = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    current = [first]
+
+    async def main() -> None:
+        transport = httpx.MockTransport(meshd)
+        async with ControlClient(MESHD, lambda: current[0], transport=transport) as client:
+            await client.register(PROXY, registration_of(make_settings(tmp_path)))
+            await client.register(PROXY, registration_of(make_settings(tmp_path)))
+            assert client.clients_built == 1  # the same context: the same client
+            old = client._client
+            assert old is not None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.poll, PROXY, "v1", 30.0)
+                await trio.testing.wait_all_tasks_blocked()
+                current[0] = second  # renewed
+                await client.register(PROXY, registration_of(make_settings(tmp_path)))
+                assert client.clients_built == 2
+                assert client._client is not old
+                assert not is_closed(old)  # the poll still runs on it
+                release.set()
+            assert is_closed(old)
+            assert not is_closed(client._client)
+        assert client._client is None
+
+    trio.run(main)
+
+
+def test_transport_errors_say_why(tmp_path: Path) -> None:
+    async def meshd(request: httpx.Request) -> httpx.Response:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError as exc:
+            raise httpx.ConnectError("") from exc
+
+    async def main() -> None:
+        identity = FakeIdentity()
+        transport = httpx.MockTransport(meshd)
+        async with ControlClient(
+            MESHD, identity.control_plane_context, transport=transport
+        ) as client:
+            with pytest.raises(
+                ControlPlaneUnavailable, match=r"ConnectError: \[Errno 111\] Connection refused"
+            ):
+                await client.poll(PROXY, "", 1.0)
+
+    trio.run(main)
+
+
+def test_no_tls_context_is_a_retriable_error(tmp_path: Path) -> None:
+    """E.g. the certificate expired and the CA file for the bootstrap context is gone:
+    the agent retries (and serves on) rather than crashing."""
+
+    def no_context() -> ssl.SSLContext:
+        raise IdentityError("cannot load the CA file /x/ca.pem to verify meshd with")
+
+    async def main() -> None:
+        transport = httpx.MockTransport(lambda request: httpx.Response(200))
+        async with ControlClient(MESHD, no_context, transport=transport) as client:
+            with pytest.raises(ControlPlaneUnavailable, match=r"no TLS context .* /x/ca\.pem"):
+                await client.register(PROXY, registration_of(make_settings(tmp_path)))
+
+    trio.run(main)
+
+
+def test_a_403_says_the_certificate_is_for_another_identity(tmp_path: Path) -> None:
+    async def meshd(request: httpx.Request) -> httpx.Response:
+        return problem(403, "spiffe://cluster.local/ns/default/sa/ratings may not act for instance")
+
+    async def main() -> None:
+        identity = FakeIdentity()
+        transport = httpx.MockTransport(meshd)
+        async with ControlClient(
+            MESHD, identity.control_plane_context, transport=transport
+        ) as client:
+            with pytest.raises(
+                ControlPlaneRejected, match="check --namespace and --service-account"
+            ):
+                await client.register(PROXY, registration_of(make_settings(tmp_path)))
+
+    trio.run(main)
 
 
 def test_backoff_grows_with_jitter_and_resets() -> None:

@@ -1,4 +1,5 @@
-"""Flags and MESH_* env -> Settings: defaults, precedence, validation, id derivation."""
+"""Flags and MESH_* env -> Settings: defaults, precedence, validation, id derivation, and
+the CA file check."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sidecar.errors import ConfigError
 from sidecar.settings import (
     Settings,
     build_settings,
+    check_ca_file,
     derive_instance_id,
     env_name,
     is_id_suffix,
@@ -19,7 +21,10 @@ from sidecar.settings import (
     parse_labels,
 )
 
-REQUIRED = ["--service", "reviews", "--app-port", "9080", "--token", "t0k"]
+REQUIRED = [
+    "--service", "reviews", "--app-port", "9080", "--token", "mjt_t0k",
+    "--ca-file", "/etc/mesh/ca-bundle.pem",
+]  # fmt: skip
 
 
 def settings_of(argv: list[str], env: dict[str, str] | None = None) -> Settings:
@@ -29,7 +34,9 @@ def settings_of(argv: list[str], env: dict[str, str] | None = None) -> Settings:
 
 def test_defaults() -> None:
     s = settings_of(REQUIRED)
-    assert s.meshd_url == "http://127.0.0.1:15012"
+    assert s.meshd_url == "https://127.0.0.1:15012"
+    assert s.token == "mjt_t0k"
+    assert s.ca_file == Path("/etc/mesh/ca-bundle.pem")
     assert s.service == "reviews"
     assert s.namespace == "default"
     assert s.instance_id is None
@@ -87,7 +94,8 @@ def test_env_supplies_every_flag_and_flags_win() -> None:
         "MESH_APP_PORT": "9081",
         "MESH_TOKEN": "from-env",
         "MESH_NAMESPACE": "shop",
-        "MESH_MESHD": "http://localhost:1234",
+        "MESH_MESHD": "https://localhost:1234",
+        "MESH_CA_FILE": "/tmp/ca.pem",
         "MESH_LABELS": "version=v1",
         "MESH_ADMIN_PORT": "17000",
         "MESH_POLL_WAIT": "5",
@@ -95,7 +103,8 @@ def test_env_supplies_every_flag_and_flags_win() -> None:
     }
     s = settings_of([], env)
     assert (s.service, s.app_port, s.token, s.namespace) == ("ratings", 9081, "from-env", "shop")
-    assert s.meshd_url == "http://localhost:1234"
+    assert s.meshd_url == "https://localhost:1234"
+    assert s.ca_file == Path("/tmp/ca.pem")
     assert s.labels == (("version", "v1"),)
     assert s.admin_port == 17000
     assert s.poll_wait_s == 5.0
@@ -115,9 +124,13 @@ def test_help_explains_the_token_and_env(capsys: pytest.CaptureFixture[str]) -> 
         parser.parse_args(["run", "--help"])
     assert exited.value.code == 0
     text = capsys.readouterr().out
-    assert "editor role" in text
     assert "join token" in text
+    assert "meshctl token create" in text
+    assert "editor" not in text  # the admin token is gone
     assert "MESH_TOKEN" in text
+    assert "MESH_CA_FILE" in text
+    assert "ca-bundle.pem" in text
+    assert "https://127.0.0.1:15012" in text
     assert "/ready, /config_dump, /stats/prometheus, /clusters" in text
     assert "secret-value-must-not-show" not in text
 
@@ -127,7 +140,32 @@ def test_help_explains_the_token_and_env(capsys: pytest.CaptureFixture[str]) -> 
     [
         (["--app-port", "9080", "--token", "t"], r"--service \(or MESH_SERVICE\) is required"),
         (["--service", "reviews", "--token", "t"], r"--app-port .* is required"),
-        (["--service", "reviews", "--app-port", "9080"], r"--token .* is required"),
+        (
+            ["--service", "reviews", "--app-port", "9080", "--namespace", "shop"],
+            r"--token \(or MESH_TOKEN\) is required: the join token .*: meshctl token create "
+            r"--service reviews --namespace shop",
+        ),
+        (
+            [*REQUIRED, "--token", "mshd_admin"],
+            r"--token \(or MESH_TOKEN\) is an admin token; .* with a join token: meshctl token",
+        ),
+        (
+            ["--service", "reviews", "--app-port", "9080", "--token", "mjt_x"],
+            r"--ca-file \(or MESH_CA_FILE\) is required: .*<data-dir>/ca-bundle.pem on this host",
+        ),
+        (
+            [
+                "--service",
+                "reviews",
+                "--app-port",
+                "9080",
+                "--token",
+                "mjt_x",
+                "--meshd",
+                "https://198.18.0.1:15012",
+            ],
+            r"--ca-file .* is required: .*ca-bundle.pem on meshd's host",
+        ),
         ([*REQUIRED, "--app-port", "0"], r"'0' is not a port number"),
         ([*REQUIRED, "--admin-port", "http"], r"--admin-port .* not a port number"),
         ([*REQUIRED, "--inbound-port", "9080"], r"--inbound-port and --app-port are both 9080"),
@@ -135,9 +173,10 @@ def test_help_explains_the_token_and_env(capsys: pytest.CaptureFixture[str]) -> 
         ([*REQUIRED, "--namespace", "a_b"], r"not a valid namespace"),
         ([*REQUIRED, "--protocol", "udp"], r"'udp' is not one of http, http2, grpc, tcp"),
         ([*REQUIRED, "--address", "reviews.local"], r"not an IP address"),
-        ([*REQUIRED, "--meshd", "ftp://x"], r"not an http\(s\) URL"),
-        ([*REQUIRED, "--meshd", "http://user:pw@127.0.0.1"], r"must not carry credentials"),
-        ([*REQUIRED, "--meshd", "http://198.18.0.1:15012"], r"cleartext: use https://"),
+        ([*REQUIRED, "--meshd", "ftp://x"], r"not an https URL"),
+        ([*REQUIRED, "--meshd", "https://user:pw@127.0.0.1"], r"must not carry credentials"),
+        ([*REQUIRED, "--meshd", "http://198.18.0.1:15012"], r"meshd serves HTTPS only"),
+        ([*REQUIRED, "--meshd", "http://127.0.0.1:15012"], r"plain HTTP.*use https://"),
         ([*REQUIRED, "--id", "Bad/Id"], r"not a valid instance id"),
         ([*REQUIRED, "--poll-wait", "0"], r"between 0.1 and 300"),
         ([*REQUIRED, "--poll-wait", "soon"], r"'soon' is not a number of seconds"),
@@ -150,9 +189,27 @@ def test_invalid_flags_are_reported_by_name(argv: list[str], message: str) -> No
         settings_of(argv)
 
 
-def test_plain_http_to_loopback_is_fine() -> None:
-    for url in ("http://127.0.0.1:1", "http://localhost:1", "http://[::1]:1", "http://127.9.9.9"):
+def test_https_urls() -> None:
+    for url in (
+        "https://127.0.0.1:1",
+        "https://localhost:1",
+        "https://[::1]:1",
+        "https://m.example",
+    ):
         assert settings_of([*REQUIRED, "--meshd", url]).meshd_url == url
+
+
+def test_the_ca_file_must_hold_a_certificate(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ConfigError, match=r"--ca-file \(or MESH_CA_FILE\): cannot read .*missing"):
+        check_ca_file(missing)
+    empty = tmp_path / "empty.pem"
+    empty.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"holds no PEM certificate; give meshd's CA bundle"):
+        check_ca_file(empty)
+    good = tmp_path / "ca.pem"
+    good.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    check_ca_file(good)
 
 
 @pytest.mark.parametrize(
