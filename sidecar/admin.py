@@ -231,6 +231,13 @@ class IdentityView(Protocol):
     def prometheus_lines(self) -> list[str]: ...
 
 
+class TelemetryView(Protocol):
+    """The proxy's metrics (:class:`sidecar.telemetry.Telemetry`): Prometheus text
+    (0.0.4), complete lines, appended to ``/stats/prometheus``."""
+
+    def render(self) -> str: ...
+
+
 def _iso_dt(when: datetime | None) -> str | None:
     if when is None:
         return None
@@ -247,12 +254,14 @@ class AdminApp:
         store: ConfigStore,
         connectivity: Connectivity,
         identity: IdentityView,
+        telemetry: TelemetryView | None = None,
     ) -> None:
         self.settings = settings
         self.proxy_id = proxy_id
         self.store = store
         self.connectivity = connectivity
         self.identity = identity
+        self.telemetry = telemetry
         self._routes = {
             "/ready": self.ready,
             "/config_dump": self.config_dump,
@@ -369,7 +378,10 @@ class AdminApp:
                 f'mesh_sidecar_config_version_info{{version="{_label_value(applied.version)}"}} 1'
             )
         lines += self.identity.prometheus_lines()
-        return Response(200, ("\n".join(lines) + "\n").encode(), PROMETHEUS)
+        text = "\n".join(lines) + "\n"
+        if self.telemetry is not None:  # the Istio request and TCP metrics
+            text += self.telemetry.render()
+        return Response(200, text.encode(), PROMETHEUS)
 
     def clusters(self) -> Response:
         """Envoy's ``/clusters`` text: ``cluster::field::value`` for each cluster, then
