@@ -40,7 +40,7 @@ from meshd.store.base import (
     StoreState,
     WriteResult,
 )
-from meshd.store.sqlite import (
+from meshd.store.common import (
     check_expected_revision,
     encode_body,
     encode_record,
