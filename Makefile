@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/.deps/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup deps run test test-unit test-integration lint format bench docs clean
+.PHONY: help setup deps run test test-unit test-integration lint format bench docs clean docker images
 
 help:
 	@echo "make run     — a demo mesh on this machine (embedded defaults)"
@@ -14,6 +14,9 @@ help:
 	@echo "make lint    — ruff and mypy --strict"
 	@echo "make bench   — benchmarks; report in bench/results/"
 	@echo "make docs    — regenerate docs/reference/resources.md from the models"
+	@echo "make docker  — Debian's docker.io, docker-compose and debootstrap (apt-get, as root)"
+	@echo "make images  — meshd-base:bookworm, .deps/wheelhouse and meshd:local, no registry"
+	@echo "               (engine: scripts/docker.sh start|stop|status; see docs/docker.md)"
 
 setup:
 	@scripts/setup-venv.sh
@@ -48,6 +51,14 @@ bench: deps
 
 docs: setup
 	$(PY) -m meshd.schema.reference --write docs/reference/resources.md
+
+# The Docker tools (no system service is started) and the images built without a
+# registry; the tests start and stop their own engine (scripts/docker.sh).
+docker:
+	@scripts/docker.sh install
+
+images: setup docker
+	@scripts/images.sh
 
 clean:
 	rm -rf .run build *.egg-info .mypy_cache .ruff_cache .pytest_cache

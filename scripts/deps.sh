@@ -17,46 +17,9 @@ SHARED_DEBS=${MESH_SHARED_DEBS:-$root/../shared/debs}
 say() { echo "deps: $*"; }
 die() { echo "deps: $*" >&2; exit 1; }
 
-# The first Debian mirror URI the machine itself uses (deb822 or one-line format).
-debian_mirror() {
-    local f uri
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        uri=$(awk '
-            /^URIs:/ { u=$2 }
-            /^Suites:/ { for (i = 2; i <= NF; i++) if ($i !~ /-security$/ && $i !~ /-updates$/) s=1 }
-            /^$/ { if (u != "" && s) { print u; exit } u=""; s=0 }
-            END { if (u != "" && s) print u }' "$f" | grep -v -- '-security' | head -n1)
-        if [ -n "$uri" ]; then echo "$uri"; return 0; fi
-    done
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [ -f "$f" ] || continue
-        uri=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' "$f" \
-            | grep -i debian | grep -v -- '-security' | head -n1)
-        if [ -n "$uri" ]; then echo "$uri"; return 0; fi
-    done
-    return 1
-}
-
-# apt_fetch SUITE PKG... : download the packages from the machine's own Debian mirror
-# into .deps/apt/SUITE/debs through a private apt configuration (no system state is
-# touched); prints the directory.
-apt_fetch() {
-    local suite=$1 mirror work opts
-    shift
-    mirror=$(debian_mirror) || { say "no Debian mirror found in /etc/apt/sources*"; return 1; }
-    work=$root/.deps/apt/$suite
-    mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/etc" "$work/debs"
-    local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-    [ -f "$keyring" ] || { say "no $keyring; cannot verify the $suite suite"; return 1; }
-    echo "deb [signed-by=$keyring] $mirror $suite main" > "$work/etc/sources.list"
-    opts=(-o "Dir::Etc::sourcelist=$work/etc/sources.list" -o Dir::Etc::sourceparts=/dev/null
-          -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache"
-          -o Dir::State::status=/dev/null -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
-    apt-get "${opts[@]}" -qq update >/dev/null || return 1
-    (cd "$work/debs" && apt-get "${opts[@]}" -qq download "$@" >/dev/null) || return 1
-    echo "$work/debs"
-}
+# debian_mirror and apt_fetch (the machine's own Debian mirror, a private apt config).
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 consul_from_apt() {
     local debs
