@@ -23,6 +23,7 @@ setup:
 
 deps: setup
 	@scripts/deps.sh
+	@scripts/docker.sh install
 
 run: setup
 	@$(PY) -m meshd.demo

@@ -67,7 +67,11 @@ def _sans(settings: Settings) -> tuple[tuple[str, ...], tuple[str, ...]]:
     host = settings.listen_host
     try:
         address = ipaddress.ip_address(host)
-        if not address.is_unspecified:
+        if address.is_unspecified:
+            # Listening everywhere: the addresses this host's name resolves to are how
+            # peers reach it (in a container, its bridge address).
+            ips.update(_own_addresses())
+        else:
             ips.add(str(address))
     except ValueError:
         names.add(host)
@@ -78,6 +82,14 @@ def _sans(settings: Settings) -> tuple[tuple[str, ...], tuple[str, ...]]:
         except ValueError:
             pass
     return tuple(sorted(names)), tuple(sorted(ips))
+
+
+def _own_addresses() -> set[str]:
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return set()
+    return {str(info[4][0]) for info in infos}
 
 
 class Identity:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.support.components", "tests.support.meshd_process"]
+pytest_plugins = [
+    "tests.support.components",
+    "tests.support.meshd_process",
+    "tests.support.docker_engine",
+]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

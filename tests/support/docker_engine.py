@@ -36,7 +36,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -458,3 +458,14 @@ def engine_report_sections(item: pytest.Item) -> list[tuple[str, str]]:
     if isinstance(engine, DockerEngine):
         return [(f"dockerd log ({engine.log_path or engine.host})", engine.log_tail(40))]
     return []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failing test that used the engine gets the end of dockerd's log."""
+    report = yield
+    if report.failed:
+        report.sections.extend(engine_report_sections(item))
+    return report
