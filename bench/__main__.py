@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only compile|push|ca]`` — run the benchmarks, write
+"""``python -m bench [--quick] [--only compile|push|ca|registry]`` — run the benchmarks, write
 ``bench/results/report.md`` and ``bench/results/results.json``.
 
 Exit status 0 when every benchmark ran (whether or not it met its target: targets are
@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from bench import progress, push_bench, report
+from bench import progress, push_bench, registry_bench, report
 from bench.ca_bench import TARGET_EMBEDDED_SIGNS_PER_S
 from bench.compile_bench import TARGET_FULL_COMPILE_MS
 from bench.push_bench import TARGET_P99_MS, TARGET_WATCHERS, PushSize
@@ -158,7 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="meshd's benchmarks; the report goes to bench/results/report.md.",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    parser.add_argument("--only", choices=["compile", "push", "ca"], help="run one benchmark")
+    parser.add_argument(
+        "--only", choices=["compile", "push", "ca", "registry"], help="run one benchmark"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the report")
     parser.add_argument("--rounds", type=int, default=0, help="push rounds per size (5; quick: 2)")
     parser.add_argument(
@@ -183,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "anchors": list(report.ANCHORS),
         "targets": {"full_compile_ms": TARGET_FULL_COMPILE_MS, "push": {
             "p99_ms": TARGET_P99_MS, "watchers": TARGET_WATCHERS},
-            "ca": {"embedded_signs_per_s": TARGET_EMBEDDED_SIGNS_PER_S}},
+            "ca": {"embedded_signs_per_s": TARGET_EMBEDDED_SIGNS_PER_S},
+            "registry": {"p99_ms": registry_bench.TARGET_P99_MS}},
     }  # fmt: skip
     m = results["machine"]
     progress("bench", f"{m['cpu_model']}, {m['cores']} cores, {m['python']}; {command}")
@@ -213,6 +216,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ok = False
                 results["ca"] = {"error": str(exc)}
                 progress("ca", f"FAILED: {exc}")
+        if args.only in (None, "registry"):
+            try:
+                results["registry"] = registry_bench.run(args.quick)
+                ok = ok and not any("error" in b for b in results["registry"]["backends"])
+            except Exception as exc:  # reported, and the report is still written
+                ok = False
+                results["registry"] = {"error": f"{type(exc).__name__}: {exc}"}
+                progress("registry", f"FAILED: {traceback.format_exc()}")
     except KeyboardInterrupt:
         # Children were stopped by the context managers on the way out; nothing to write.
         progress("bench", "interrupted: every process it started has been stopped")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
@@ -19,13 +19,23 @@ from meshd.api.xds_poll import XdsPollMiddleware
 from meshd.ca.factory import open_ca
 from meshd.config import Settings
 from meshd.control import ControlPlane
+from meshd.errors import ConfigError
 from meshd.identity import Identity
 from meshd.metrics import Metrics
 from meshd.rules import Rules
 from meshd.schema.validate import MeshNames
+from meshd.store.base import Store
 from meshd.store.factory import open_store
 from meshd.tls import ServingTls
-from registry.embedded import EmbeddedCatalog
+from registry.base import Registry
+from registry.consul import ConsulRegistry
+from registry.consul_http import ConsulClient
+from registry.embedded import (
+    ConsulRecordsFeed,
+    EmbeddedRegistry,
+    PollingRecordsFeed,
+    RecordsFeed,
+)
 
 log = logging.getLogger("meshd")
 
@@ -40,6 +50,7 @@ def create_app(settings: Settings, serving: ServingTls) -> FastAPI:
             consul_addr=settings.consul_addr,
             consul_token=settings.consul_token,
             consul_prefix=settings.consul_prefix,
+            consul_ca_file=settings.consul_ca_file,
         )
         log.info("store opened: %s", store.backend)
         try:
@@ -66,23 +77,25 @@ def create_app(settings: Settings, serving: ServingTls) -> FastAPI:
                 metrics = Metrics()
                 ident = Identity(settings, store, ca, metrics, serving)
                 await ident.start()
-                catalog = EmbeddedCatalog()
-                control = ControlPlane(settings, store, catalog, metrics, ident.bundle)
-                names = MeshNames(
-                    domain_suffix=settings.domain_suffix, root_namespace=settings.root_namespace
-                )
-                rules = Rules(store, control.models, names)
-                app.state.mesh = Services(
-                    settings, store, catalog, control, rules, tokens, metrics, ident
-                )
-                async with anyio.create_task_group() as tg:
-                    await tg.start(control.run)
-                    await tg.start(ident.run, control.lagging)
-                    log.info("control loop started; serving %s", settings.url)
-                    yield
-                    log.info("stopping the control loop")
-                    control.hub.close()
-                    tg.cancel_scope.cancel()
+                async with open_registry(settings, store) as catalog:
+                    control = ControlPlane(settings, store, catalog, metrics, ident.bundle)
+                    names = MeshNames(
+                        domain_suffix=settings.domain_suffix,
+                        root_namespace=settings.root_namespace,
+                    )
+                    rules = Rules(store, control.models, names)
+                    app.state.mesh = Services(
+                        settings, store, catalog, control, rules, tokens, metrics, ident
+                    )
+                    async with anyio.create_task_group() as tg:
+                        await tg.start(catalog.run)
+                        await tg.start(control.run)
+                        await tg.start(ident.run, control.lagging)
+                        log.info("control loop started; serving %s", settings.url)
+                        yield
+                        log.info("stopping the control loop")
+                        control.hub.close()
+                        tg.cancel_scope.cancel()
             finally:
                 await ca.aclose()
         finally:
@@ -107,3 +120,69 @@ def create_app(settings: Settings, serving: ServingTls) -> FastAPI:
     ):
         app.include_router(router)
     return app
+
+
+def consul_client(settings: Settings, *, max_connections: int = 100) -> ConsulClient:
+    """A client for the Consul at ``--consul-addr`` with meshd's token and TLS settings."""
+    try:
+        return ConsulClient(
+            settings.consul_addr,
+            token=settings.consul_token,
+            ca_file=settings.consul_ca_file,
+            cert_file=settings.consul_cert_file,
+            key_file=settings.consul_key_file,
+            max_connections=max_connections,
+        )
+    except (ValueError, OSError) as exc:
+        raise ConfigError(
+            f"cannot use Consul at {settings.consul_addr!r}: {exc}; set --consul-addr to "
+            "host:port or an http(s):// URL, and the --consul-*-file flags to readable PEM files",
+            setting="consul_addr",
+        ) from exc
+
+
+@asynccontextmanager
+async def open_registry(settings: Settings, store: Store) -> AsyncIterator[Registry]:
+    """The registry ``--registry`` names, and the Consul clients it uses (closed on exit).
+
+    ``embedded``: the catalog lives in ``store`` (records collection ``catalog``); with a
+    shared store (Consul KV) heartbeats are written at half TTL and the other replicas'
+    registrations are followed with a blocking query on the records
+    (:class:`~registry.embedded.ConsulRecordsFeed`). ``consul``: Consul's catalog,
+    watched with one blocking query per service (up to ``--consul-max-watches``)."""
+    async with AsyncExitStack() as stack:
+        registry: Registry
+        if settings.registry == "embedded":
+            shared = store.backend != "sqlite"
+            feed: RecordsFeed | None = None
+            if store.backend == "consul":
+                feed_client = consul_client(settings, max_connections=4)
+                stack.push_async_callback(feed_client.aclose)
+                feed = ConsulRecordsFeed(feed_client, settings.consul_prefix)
+            elif shared:
+                feed = PollingRecordsFeed(store)
+            registry = EmbeddedRegistry(store, shared=shared, feed=feed)
+            log.info(
+                "registry: embedded (catalog in the %s store%s)",
+                store.backend,
+                "; heartbeats shared with the other replicas" if shared else "",
+            )
+        elif settings.registry == "consul":
+            writes = consul_client(settings)
+            stack.push_async_callback(writes.aclose)
+            registry = ConsulRegistry(
+                writes,
+                watch_clients=lambda pool: consul_client(settings, max_connections=pool),
+                max_watches=settings.consul_max_watches,
+            )
+            log.info(
+                "registry: consul at %s (up to %d services with a blocking query each)",
+                writes.address,
+                settings.consul_max_watches,
+            )
+        else:
+            raise ConfigError(
+                f"unknown registry {settings.registry!r}: use 'embedded' or 'consul'",
+                setting="registry",
+            )
+        yield registry

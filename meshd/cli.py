@@ -52,10 +52,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     opt("--bootstrap-token", None, "the first admin token; without it one is generated once")
     opt("--store", "sqlite", "where rules live", choices=["sqlite", "consul"])
-    opt("--consul-addr", "127.0.0.1:8500", "Consul HTTP address for --store consul")
+    opt(
+        "--consul-addr",
+        "127.0.0.1:8500",
+        "Consul HTTP address (host:port or http(s):// URL) for --store consul and "
+        "--registry consul",
+    )
     opt("--consul-token", None, "Consul ACL token")
     opt("--consul-prefix", "meshd/", "Consul KV prefix for meshd's data")
-    opt("--registry", "embedded", "service discovery backend", choices=["embedded"])
+    opt("--consul-ca-file", None, "CA bundle to verify Consul's HTTPS certificate")
+    opt("--consul-cert-file", None, "client certificate for Consul (verify_incoming)")
+    opt("--consul-key-file", None, "the client certificate's key")
+    opt(
+        "--consul-max-watches",
+        "160",
+        "--registry consul: services with a blocking query each; keep it under Consul's "
+        "limits.http_max_conns_per_client (200 by default)",
+        type=int,
+    )
+    opt(
+        "--registry",
+        "embedded",
+        "service discovery: embedded (sidecars register with meshd) or consul (Consul's catalog)",
+        choices=["embedded", "consul"],
+    )
     opt("--ca", "embedded", "who signs workload certificates", choices=["embedded", "vault"])
     opt(
         "--ca-plugin-dir",
@@ -107,6 +127,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         consul_addr=args.consul_addr,
         consul_token=args.consul_token or None,
         consul_prefix=args.consul_prefix,
+        consul_ca_file=Path(args.consul_ca_file) if args.consul_ca_file else None,
+        consul_cert_file=Path(args.consul_cert_file) if args.consul_cert_file else None,
+        consul_key_file=Path(args.consul_key_file) if args.consul_key_file else None,
+        consul_max_watches=int(args.consul_max_watches),
         registry=args.registry,
         ca=args.ca,
         ca_plugin_dir=Path(args.ca_plugin_dir) if args.ca_plugin_dir else None,
@@ -137,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO: one line per Consul call (blocking queries
+    # included) is noise, not a lifecycle event. Its warnings still show.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         settings = settings_from_args(args)
         settings.check()

@@ -9,7 +9,7 @@ from typing import Literal
 from meshd.errors import ConfigError
 
 StoreKind = Literal["sqlite", "consul"]
-RegistryKind = Literal["embedded"]
+RegistryKind = Literal["embedded", "consul"]
 CaKind = Literal["embedded", "vault"]
 MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
 
@@ -36,6 +36,10 @@ class Settings:
     consul_addr: str = "127.0.0.1:8500"
     consul_token: str | None = None
     consul_prefix: str = "meshd/"
+    consul_ca_file: Path | None = None
+    consul_cert_file: Path | None = None
+    consul_key_file: Path | None = None
+    consul_max_watches: int = 160
     registry: RegistryKind = "embedded"
     ca: CaKind = "embedded"
     ca_plugin_dir: Path | None = None
@@ -75,6 +79,13 @@ class Settings:
         ):
             raise ConfigError(
                 "--ca vault needs --vault-token, or --vault-role-id and --vault-secret-id (AppRole)"
+            )
+        if self.consul_max_watches < 0:
+            raise ConfigError("--consul-max-watches must be >= 0")
+        if (self.consul_cert_file is None) != (self.consul_key_file is None):
+            raise ConfigError(
+                "--consul-cert-file and --consul-key-file go together (a client certificate "
+                "for Consul's verify_incoming)"
             )
         if self.ca_plugin_dir is not None and self.ca != "embedded":
             raise ConfigError("--ca-plugin-dir is for --ca embedded; Vault keeps its own keys")

@@ -2,14 +2,17 @@
 
 Written on httpx + anyio so the same code runs in meshd (asyncio) and in the sidecar
 (Trio). It covers what meshd needs today: the KV store (get, list, keys, put/delete with
-``cas``), transactions (``PUT /v1/txn``) and blocking queries (``index`` + ``wait``) with
-a reusable :meth:`ConsulClient.watch` loop. New endpoints (agent, catalog, health) are
-meant to be thin methods on top of :meth:`ConsulClient.request` /
-:meth:`ConsulClient.query` / :meth:`ConsulClient.watch`, the way the KV methods are.
+``cas``), transactions (``PUT /v1/txn``), blocking queries (``index`` + ``wait``) with
+a reusable :meth:`ConsulClient.watch` loop, and the service-discovery endpoints the
+registry needs: agent service registration and deregistration, TTL check updates,
+``/v1/catalog/services``, ``/v1/health/service/<name>`` and ``/v1/health/state/<state>``.
+Each endpoint is a thin method on top of :meth:`ConsulClient.request` /
+:meth:`ConsulClient.query` / :meth:`ConsulClient.watch`.
 
 Errors are typed (``registry.errors``): :class:`ConsulUnavailable` when Consul cannot be
 reached or has no leader (worth retrying), :class:`ConsulPermissionDenied` for ACL
-refusals, :class:`TxnAborted` when a transaction's precondition failed,
+refusals, :class:`ConsulNotFound` when the agent does not know a service or check,
+:class:`TxnAborted` when a transaction's precondition failed,
 :class:`TxnTooLarge` over Consul's limits, :class:`ConsulClientClosed` after ``aclose``,
 and :class:`ConsulError` (with ``status`` and ``body``) for anything else.
 """
@@ -33,6 +36,7 @@ import httpx
 from registry.errors import (
     ConsulClientClosed,
     ConsulError,
+    ConsulNotFound,
     ConsulPermissionDenied,
     ConsulUnavailable,
     TxnAborted,
@@ -44,12 +48,16 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "MAX_TXN_OPS",
     "Backoff",
+    "CheckStatus",
     "ConsulClient",
     "KVOp",
     "KVPair",
     "QueryResult",
     "TxnResult",
     "base_url",
+    "health_service_path",
+    "parse_list",
+    "parse_services",
 ]
 
 DEFAULT_ADDRESS = "127.0.0.1:8500"
@@ -74,6 +82,9 @@ TxnVerb = Literal[
     "delete-tree",
     "delete-cas",
 ]
+
+CheckStatus = Literal["pass", "warn", "fail"]
+"""A TTL check update: ``pass`` (passing), ``warn`` (warning), ``fail`` (critical)."""
 
 T = TypeVar("T")
 
@@ -246,6 +257,9 @@ class ConsulClient:
     ``X-Consul-Token``. For TLS, ``ca_file`` is the CA that signed Consul's certificate,
     ``cert_file``/``key_file`` a client certificate when Consul verifies incoming
     connections, and ``verify=False`` disables verification (tests only).
+    ``max_connections`` bounds the pool: each blocking query in flight holds one
+    connection, so a client that watches many services at once needs one per watch (and
+    Consul's ``limits.http_max_conns_per_client``, 200 by default, must allow them).
     """
 
     def __init__(
@@ -260,6 +274,7 @@ class ConsulClient:
         verify: bool = True,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 100,
     ) -> None:
         tls = ca_file is not None or cert_file is not None
         self.address = base_url(address, https=tls)
@@ -280,6 +295,9 @@ class ConsulClient:
             verify=verify_arg,
             timeout=httpx.Timeout(timeout),
             transport=transport,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
             # Consul runs next to us; a proxy from the environment would only get in the way.
             trust_env=False,
         )
@@ -490,6 +508,84 @@ class ConsulClient:
         value = response.json()
         return value if isinstance(value, str) else ""
 
+    # --- agent: services and TTL checks -----------------------------------------------
+
+    async def agent_service_register(
+        self, definition: Mapping[str, Any], *, replace_existing_checks: bool = True
+    ) -> None:
+        """``PUT /v1/agent/service/register``: add or replace a service on this agent
+        (``definition`` in Consul's JSON form: ``ID``, ``Name``, ``Address``, ``Port``,
+        ``Meta``, ``Check``...). With ``replace_existing_checks`` checks missing from the
+        definition are removed. Consul rejects invalid Meta with a 400 (ConsulError)."""
+        params: dict[str, str | int] = {}
+        if replace_existing_checks:
+            params["replace-existing-checks"] = "true"
+        await self.request(
+            "PUT", "/v1/agent/service/register", params=params, json_body=dict(definition)
+        )
+
+    async def agent_service_deregister(self, service_id: str) -> None:
+        """``PUT /v1/agent/service/deregister/<id>`` (Consul 1.8 answers 200 for an id it
+        does not know)."""
+        await self.request("PUT", "/v1/agent/service/deregister/" + quote(service_id, safe=""))
+
+    async def agent_check_ttl(self, check_id: str, status: CheckStatus, note: str = "") -> None:
+        """``PUT /v1/agent/check/<pass|warn|fail>/<check id>?note=...``: set a TTL check's
+        status and output and restart its TTL. Raises :class:`ConsulNotFound` when this
+        agent has no TTL check of that id (Consul 1.8 says so with a 500 or a 404)."""
+        path = f"/v1/agent/check/{status}/" + quote(check_id, safe="")
+        params: dict[str, str | int] = {"note": note} if note else {}
+        response = await self.request("PUT", path, params=params, accept=(404, 500))
+        if response.status_code in (404, 500):
+            body = response.text[:2000].strip()
+            lowered = body.lower()
+            if "unknown check" in lowered or "does not have associated ttl" in lowered:
+                raise ConsulNotFound(
+                    f"the Consul agent at {self.address} has no TTL check {check_id!r} "
+                    f"({body}); register the service (with its check) again",
+                    address=self.address,
+                    method="PUT",
+                    path=path,
+                    status=response.status_code,
+                    body=body,
+                )
+            raise self._error("PUT", path, response)
+
+    # --- catalog and health ------------------------------------------------------------
+
+    async def catalog_services(
+        self, *, index: int = 0, wait: float | None = None
+    ) -> QueryResult[dict[str, list[str]]]:
+        """``/v1/catalog/services``: every service name with its tags (blocking)."""
+        result = await self.query("/v1/catalog/services", index=index, wait=wait)
+        return QueryResult(
+            parse_services(result.value), result.index, result.known_leader, result.last_contact_ms
+        )
+
+    async def health_service(
+        self, name: str, *, index: int = 0, wait: float | None = None, passing: bool = False
+    ) -> QueryResult[list[dict[str, Any]]]:
+        """``/v1/health/service/<name>``: every instance (``Node``, ``Service``,
+        ``Checks``) with its checks' status; ``passing`` keeps only instances whose
+        checks all pass. Blocking; the index is the service's own."""
+        params: dict[str, str | int] = {"passing": ""} if passing else {}
+        result = await self.query(health_service_path(name), params=params, index=index, wait=wait)
+        return QueryResult(
+            parse_list(result.value), result.index, result.known_leader, result.last_contact_ms
+        )
+
+    async def health_state(
+        self, state: str = "any", *, index: int = 0, wait: float | None = None
+    ) -> QueryResult[list[dict[str, Any]]]:
+        """``/v1/health/state/<state>``: every check in that state (``any``: all), with
+        its ``ServiceName``, ``Status`` and ``ModifyIndex``. Blocking."""
+        result = await self.query(
+            "/v1/health/state/" + quote(state, safe=""), index=index, wait=wait
+        )
+        return QueryResult(
+            parse_list(result.value), result.index, result.known_leader, result.last_contact_ms
+        )
+
     # --- KV --------------------------------------------------------------------------
 
     async def kv_get(self, key: str, *, consistency: Consistency = "default") -> KVPair | None:
@@ -617,6 +713,24 @@ class ConsulClient:
             errors=errors,
             body=text[:2000],
         )
+
+
+def health_service_path(name: str) -> str:
+    return "/v1/health/service/" + quote(name, safe="")
+
+
+def parse_services(value: Any) -> dict[str, list[str]]:
+    """The body of ``/v1/catalog/services``: service name -> tags."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): list(v or []) for k, v in value.items()}
+
+
+def parse_list(value: Any) -> list[dict[str, Any]]:
+    """A JSON array of objects (``/v1/health/...``); anything else is empty."""
+    if not isinstance(value, list):
+        return []
+    return [v for v in value if isinstance(v, dict)]
 
 
 def _kv_path(key: str) -> str:

@@ -58,6 +58,12 @@ class ConsulPermissionDenied(ConsulError):
     """Consul's ACLs rejected the request (403): the token lacks a permission."""
 
 
+class ConsulNotFound(ConsulError):
+    """The agent does not know the service or check a request names (a TTL update for a
+    check that was never registered, or that the agent lost in a restart without its data
+    directory): register the service again."""
+
+
 @dataclass(frozen=True, slots=True)
 class TxnOpError:
     """Why Consul rolled a transaction back: ``op_index`` is the failing operation's
@@ -88,3 +94,28 @@ class TxnAborted(ConsulError):
 class TxnTooLarge(ConsulError):
     """A transaction has more operations (or bytes) than Consul accepts in one request.
     Raised before sending when the operation count is over the limit, or on a 413."""
+
+
+class InstanceNotRegistered(RegistryError):
+    """A health report or heartbeat names an instance the registry does not hold (never
+    registered, deregistered, or expired after missing its heartbeats). Register it again
+    with its whole description (``register``; ``PUT /v1/instances/{id}``)."""
+
+    def __init__(self, message: str, *, instance_id: str) -> None:
+        super().__init__(message)
+        self.instance_id = instance_id
+
+
+class InvalidInstance(RegistryError):
+    """An instance cannot be registered as described: ``field`` says what (a label key or
+    value over Consul's Meta limits, a TTL out of range, ...) and the message what to
+    change."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class RegistryNotReady(RegistryError):
+    """The registry has not read its catalog yet (meshd starting, Consul unreachable since
+    start): its view would be incomplete. Retry shortly."""

@@ -23,7 +23,7 @@ from meshd.rules import Rules
 from meshd.spiffe import SpiffeId
 from meshd.store.base import Store
 from meshd.tls import peer_identity
-from registry.embedded import EmbeddedCatalog
+from registry.base import Registry
 from registry.model import Instance
 
 if TYPE_CHECKING:
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 class Services:
     settings: Settings
     store: Store
-    catalog: EmbeddedCatalog
+    catalog: Registry
+    """The registry ``--registry`` chose (embedded or consul)."""
     control: ControlPlane
     rules: Rules
     tokens: AdminTokens
