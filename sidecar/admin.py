@@ -238,6 +238,12 @@ class TelemetryView(Protocol):
     def render(self) -> str: ...
 
 
+class ProxyView(Protocol):
+    """The proxy's listeners (:class:`sidecar.proxy.ProxyServer`), for ``/ready``."""
+
+    def not_ready_reason(self) -> str | None: ...
+
+
 def _iso_dt(when: datetime | None) -> str | None:
     if when is None:
         return None
@@ -255,6 +261,7 @@ class AdminApp:
         connectivity: Connectivity,
         identity: IdentityView,
         telemetry: TelemetryView | None = None,
+        proxy: ProxyView | None = None,
     ) -> None:
         self.settings = settings
         self.proxy_id = proxy_id
@@ -262,6 +269,7 @@ class AdminApp:
         self.connectivity = connectivity
         self.identity = identity
         self.telemetry = telemetry
+        self.proxy = proxy
         self._routes = {
             "/ready": self.ready,
             "/config_dump": self.config_dump,
@@ -283,7 +291,8 @@ class AdminApp:
         return endpoint()
 
     def ready(self) -> Response:
-        """200 with a config AND an unexpired certificate; else 503 with every reason."""
+        """200 with a config AND an unexpired certificate AND the proxy listening (not
+        draining); else 503 with every reason."""
         reasons = []
         stats = self.identity.stats()
         if stats.seconds_to_expiry is None:
@@ -295,6 +304,8 @@ class AdminApp:
         if self.store.current.value is None:
             why = self.connectivity.last_error or "waiting for the first config from meshd"
             reasons.append(f"no config yet ({why})")
+        if self.proxy is not None and (proxy_reason := self.proxy.not_ready_reason()):
+            reasons.append(proxy_reason)
         if not reasons:
             return Response(200, b"ready\n")
         return Response(503, f"not ready: {'; '.join(reasons)}\n".encode())

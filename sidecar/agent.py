@@ -4,8 +4,15 @@ registration, config watch, heartbeat, and an orderly stop on SIGTERM/SIGINT.
 Start-up order (each step needs the one before)::
 
     CA file check -> state dir + instance id -> saved config -> admin server
+      -> proxy listeners bound (inbound, outbound, --upstream), following the config
       -> IdentityManager.run: the saved certificate, or one got with the join token
+      -> telemetry (it needs the workload's SPIFFE ID)
       -> registration, config watch and heartbeat, over mTLS with that certificate
+
+The listeners are bound early (a taken port stops the sidecar at once, with the flag to
+change); until there is a certificate the inbound side closes TLS connections and the
+outbound side answers 503 for mesh destinations. ``/ready`` says 200 only with a config,
+a certificate and the listeners up.
 
 The admin server comes up before the certificate, so ``/ready`` can say why the sidecar
 is not ready (no certificate yet: meshd unreachable, ...). A saved unexpired certificate
@@ -17,12 +24,17 @@ Task tree (structured concurrency; nothing outlives :func:`run`)::
 
     run
     ├── admin server              started first, stopped last
+    ├── proxy                     listeners, config follower, sweepers (sidecar.proxy);
+    │                             drained after the first signal, then stopped
     ├── signal watcher            1st signal: stop the control tasks; 2nd: stop everything
     ├── IdentityManager.run       started (first certificate) under the control scope,
     │                             then renews until everything stops
     └── control tasks             cancelled on the first signal, then deregistration
         ├── Agent.control_loop    register -> long-poll / roots / apply / ACK / NACK -> ...
         └── Agent.heartbeat       re-register every 30 s (meshd's catalog is in memory)
+
+On the first signal the proxy drains (nothing new accepted, requests in flight get
+``--drain-timeout``) while the instance deregisters; then everything stops.
 
 meshd being down never stops the sidecar: it keeps serving its last good config (or
 the saved one) and its certificate, and retries with jittered exponential backoff,
@@ -33,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
@@ -54,9 +67,17 @@ from sidecar.control_client import (
     Registration,
     Unchanged,
 )
-from sidecar.errors import ControlPlaneError, InstanceUnknown, InvalidSnapshot, StateError
-from sidecar.identity import IdentityError, IdentityManager
+from sidecar.errors import (
+    ConfigError,
+    ControlPlaneError,
+    InstanceUnknown,
+    InvalidSnapshot,
+    StateError,
+)
+from sidecar.identity import Identity, IdentityError, IdentityManager
+from sidecar.proxy import ProxyServer, ProxyState, TelemetrySink
 from sidecar.settings import Settings, check_ca_file, derive_instance_id
+from sidecar.telemetry import AccessLog, Telemetry
 
 log = logging.getLogger("sidecar")
 
@@ -316,34 +337,78 @@ async def run(settings: Settings) -> None:
         log.info("no saved config for %s: waiting for the first one from meshd", proxy_id)
     manager = IdentityManager.from_settings(settings, proxy_id, ca_file=settings.ca_file)
     connectivity = Connectivity(settings.meshd_url, serving=lambda: store.version)
+    sink = TelemetrySink()
+    proxy = ProxyServer(
+        ProxyState(),
+        manager.current,
+        inbound_host=settings.inbound_address,
+        inbound_port=settings.inbound_port,
+        outbound_port=settings.outbound_port,
+        upstreams=settings.upstreams,
+        app_host=settings.app_address,
+        telemetry=sink,
+    )
+    access_log: AccessLog | None = None
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with (
             ControlClient(settings.meshd_url, manager.control_plane_context) as client,
             trio.open_nursery() as nursery,
         ):
             agent = Agent(settings, proxy_id, store, client, connectivity, manager)
-            admin = AdminServer(
-                AdminApp(settings, proxy_id, store, connectivity, manager),
-                settings.admin_host,
-                settings.admin_port,
-            )
+            app = AdminApp(settings, proxy_id, store, connectivity, manager, proxy=proxy)
+            admin = AdminServer(app, settings.admin_host, settings.admin_port)
             await nursery.start(admin.serve)
+            await nursery.start(proxy.serve, store)
             control = trio.CancelScope()
             nursery.start_soon(_watch_signals, signals, control, nursery.cancel_scope)
-            with control:
-                # Started under the control scope (a signal stops the wait for the first
-                # certificate), then renewing in the outer nursery until the very end.
-                await nursery.start(manager.run)
-                async with trio.open_nursery() as tasks:
-                    tasks.start_soon(agent.control_loop)
-                    tasks.start_soon(agent.heartbeat)
-            if manager.current.value is not None:
-                await agent.deregister()
-            else:
-                log.info("stopped before this sidecar got a certificate: nothing to deregister")
-            log.info("stopping the admin server")
+            try:
+                with control:
+                    # Started under the control scope (a signal stops the wait for the
+                    # first certificate), then renewing in the outer nursery until the end.
+                    identity: Identity = await nursery.start(manager.run)
+                    access_log = open_access_log(settings.access_log)
+                    telemetry = Telemetry(
+                        settings.service,
+                        settings.namespace,
+                        str(identity.spiffe_id),
+                        labels=settings.labels,
+                        access_log=access_log,
+                    )
+                    sink.attach(telemetry)
+                    app.telemetry = telemetry
+                    async with trio.open_nursery() as tasks:
+                        tasks.start_soon(agent.control_loop)
+                        tasks.start_soon(agent.heartbeat)
+                async with trio.open_nursery() as stopping:
+                    # Peers learn we are leaving while requests in flight finish.
+                    stopping.start_soon(proxy.drain, settings.drain_timeout_s)
+                    if manager.current.value is not None:
+                        stopping.start_soon(agent.deregister)
+                    else:
+                        log.info(
+                            "stopped before this sidecar got a certificate: nothing to deregister"
+                        )
+            finally:
+                if access_log is not None:
+                    access_log.close()
+            log.info("stopping the proxy and the admin server")
             nursery.cancel_scope.cancel()
     log.info("mesh-sidecar stopped")
+
+
+def open_access_log(where: str) -> AccessLog | None:
+    """``--access-log``: None (off), ``-`` (standard output) or a file appended to."""
+    if not where:
+        return None
+    if where == "-":
+        return AccessLog(sys.stdout)
+    try:
+        return AccessLog.to_path(where)
+    except OSError as exc:
+        raise ConfigError(
+            f"--access-log (or MESH_ACCESS_LOG): cannot open {where}: {exc.strerror or exc}; "
+            "give a writable file, or - for standard output"
+        ) from exc
 
 
 async def _watch_signals(

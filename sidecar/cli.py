@@ -29,7 +29,11 @@ the instance, keeps the newest valid config for its proxy (validated, ACKed or N
 saved to the state dir), keeps serving it and its certificate while meshd is down, and
 shows its state on the admin port (127.0.0.1). It talks to meshd over HTTPS only,
 verifying meshd with --ca-file and the mesh roots and authenticating with its
-certificate (mTLS). The proxy listeners come next.
+certificate (mTLS). It proxies the service's traffic: the inbound port (mTLS, or
+also plaintext in PERMISSIVE mode) forwards to the app on 127.0.0.1, the outbound HTTP
+port (HTTP_PROXY=http://127.0.0.1:15001) routes the app's calls by Host, and each
+--upstream relays a TCP service. SIGTERM drains: nothing new is accepted and requests
+in flight get --drain-timeout to finish.
 """
 
 EPILOG = f"""\
@@ -120,6 +124,35 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         f"saved config, certificate and instance id (default {STATE_ROOT}/<service>.<ns>)",
         "DIR",
     )
+    opt(
+        "--inbound-address",
+        "the address the inbound listener binds (default 0.0.0.0: all of them)",
+        "IP",
+    )
+    opt(
+        "--app-address",
+        "where the application listens (default 127.0.0.1): inbound traffic goes there",
+        "IP",
+    )
+    run.add_argument(
+        "--upstream",
+        action="append",
+        metavar="NAME[:PORT]=LOCALPORT",
+        help="a local TCP listener on 127.0.0.1:LOCALPORT for the TCP service NAME "
+        "(db, db.ns or an FQDN; PORT when it has several), relayed over mTLS; repeatable "
+        f"[{env_name('--upstream')}: comma-separated]",
+    )
+    opt(
+        "--drain-timeout",
+        "seconds in-flight requests get to finish after SIGTERM (default 5)",
+        "S",
+    )
+    opt(
+        "--access-log",
+        "write a JSON access log line per request to this file, or - for standard "
+        "output (default: off)",
+        "PATH",
+    )
     opt("--poll-wait", "seconds each config long-poll waits for a change (default 30)", "S")
     opt("--log-level", "debug, info, warning or error (default info)", "LEVEL")
     return parser
@@ -138,8 +171,12 @@ def _sidecar_error(exc: BaseException) -> SidecarError | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    raw = {k: v for k, v in vars(args).items() if k != "command"}
+    # --upstream repeats; the environment gives the list comma-separated.
+    upstream = raw.get("upstream")
+    raw["upstream"] = ",".join(upstream) if upstream else os.environ.get(env_name("--upstream"))
     try:
-        settings = build_settings({k: v for k, v in vars(args).items() if k != "command"})
+        settings = build_settings(raw)
     except ConfigError as exc:
         print(f"mesh-sidecar: {exc}", file=sys.stderr)
         return 2

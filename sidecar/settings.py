@@ -79,10 +79,30 @@ class Settings:
     state_dir: Path
     poll_wait_s: float
     log_level: str = "info"
+    inbound_address: str = "0.0.0.0"  # noqa: S104 — peers on other hosts connect to it
+    app_address: str = "127.0.0.1"
+    upstreams: tuple[UpstreamSpec, ...] = ()
+    drain_timeout_s: float = 5.0
+    access_log: str = ""  # "" off, "-" standard output, else a file path
 
     @property
     def admin_host(self) -> str:
         return "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    """``--upstream NAME[:PORT]=LOCALPORT``: a listener on ``127.0.0.1:LOCALPORT`` for the
+    TCP service NAME (resolved like a host in the sidecar's namespace: ``db``, ``db.ns``
+    or an FQDN), on its port PORT (which may be left out when it has one TCP port)."""
+
+    name: str
+    port: int | None
+    local_port: int
+
+    def __str__(self) -> str:
+        where = f"{self.name}:{self.port}" if self.port is not None else self.name
+        return f"{where}={self.local_port}"
 
 
 # --- single values ----------------------------------------------------------------------
@@ -138,6 +158,27 @@ def _check_label_key(key: str) -> None:
             "digits, '-', '_' or '.', starting and ending with a letter or digit, "
             "optionally after a DNS prefix and '/'"
         )
+
+
+def parse_upstreams(text: str) -> tuple[UpstreamSpec, ...]:
+    """``db=15432,cache.ns:6379=16379`` -> the specs (``--upstream`` may be repeated;
+    ``MESH_UPSTREAM`` takes them comma-separated)."""
+    out: list[UpstreamSpec] = []
+    for raw_item in text.split(","):
+        item = raw_item.strip()
+        if not item:
+            continue
+        where, sep, local = item.rpartition("=")
+        name, colon, port_text = where.partition(":")
+        name = name.strip().lower().rstrip(".")
+        if not sep or not name or len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
+            raise ConfigError(
+                f"{_where('--upstream')}: {item!r} is not NAME[:PORT]=LOCALPORT, e.g. "
+                "db=15432 or mysql.shop:3306=13306"
+            )
+        port = parse_port("--upstream", port_text) if colon else None
+        out.append(UpstreamSpec(name, port, parse_port("--upstream", local)))
+    return tuple(out)
 
 
 def parse_meshd_url(text: str) -> str:
@@ -276,13 +317,40 @@ def build_settings(raw: Mapping[str, str | None]) -> Settings:
             ("--admin-port", "15000"),
         )
     }
+    upstreams = parse_upstreams(text("upstream"))
     seen: dict[int, str] = {}
-    for flag, port in ports.items():
+    for flag, port in [*ports.items(), *((f"--upstream {u}", u.local_port) for u in upstreams)]:
         if port in seen:
             raise ConfigError(
                 f"{flag} and {seen[port]} are both {port}; every port must be different"
             )
         seen[port] = flag
+    inbound_address = text("inbound_address") or "0.0.0.0"  # noqa: S104 — all addresses
+    try:
+        inbound_address = str(ipaddress.ip_address(inbound_address))
+    except ValueError as exc:
+        raise ConfigError(
+            f"{_where('--inbound-address')}: {inbound_address!r} is not an IP address; give "
+            "the address the inbound listener binds (default 0.0.0.0: all of them)"
+        ) from exc
+    app_address = text("app_address") or "127.0.0.1"
+    try:
+        app_address = str(ipaddress.ip_address(app_address))
+    except ValueError as exc:
+        raise ConfigError(
+            f"{_where('--app-address')}: {app_address!r} is not an IP address; give the "
+            "address the application listens on (default 127.0.0.1)"
+        ) from exc
+    drain_text = text("drain_timeout") or "5"
+    try:
+        drain_timeout = float(drain_text)
+    except ValueError:
+        drain_timeout = -1.0
+    if not 0 <= drain_timeout <= 300:
+        raise ConfigError(
+            f"{_where('--drain-timeout')}: {drain_text!r} is not a number of seconds "
+            "between 0 and 300"
+        )
     protocol = text("protocol") or "http"
     if protocol not in PROTOCOLS:
         raise ConfigError(
@@ -327,4 +395,9 @@ def build_settings(raw: Mapping[str, str | None]) -> Settings:
         state_dir=state_dir or default_state_dir(service, namespace),
         poll_wait_s=poll_wait,
         log_level=log_level,
+        inbound_address=inbound_address,
+        app_address=app_address,
+        upstreams=upstreams,
+        drain_timeout_s=drain_timeout,
+        access_log=text("access_log"),
     )

@@ -18,6 +18,7 @@ def test_sidecar_imports_no_pydantic_or_fastapi() -> None:
         "import sidecar.cli, sidecar.agent, sidecar.admin, sidecar.config_store\n"
         "import sidecar.control_client, sidecar.settings, sidecar.errors\n"
         "import sidecar.identity, sidecar.identity_state, sidecar.tls_contexts\n"
+        "import sidecar.proxy, sidecar.proxy.bench, sidecar.telemetry\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     done = subprocess.run(
