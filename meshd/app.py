@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 from fastapi import FastAPI
@@ -36,6 +37,9 @@ from registry.embedded import (
     PollingRecordsFeed,
     RecordsFeed,
 )
+
+if TYPE_CHECKING:
+    from meshd.onboarding.docker import DockerWatcher
 
 log = logging.getLogger("meshd")
 
@@ -91,6 +95,8 @@ def create_app(settings: Settings, serving: ServingTls) -> FastAPI:
                         await tg.start(catalog.run)
                         await tg.start(control.run)
                         await tg.start(ident.run, control.lagging)
+                        if settings.docker_onboarding:
+                            await tg.start(docker_watcher(settings, ident, catalog, store).run)
                         log.info("control loop started; serving %s", settings.url)
                         yield
                         log.info("stopping the control loop")
@@ -120,6 +126,16 @@ def create_app(settings: Settings, serving: ServingTls) -> FastAPI:
     ):
         app.include_router(router)
     return app
+
+
+def docker_watcher(
+    settings: Settings, ident: Identity, catalog: Registry, store: Store
+) -> DockerWatcher:
+    """``--docker-onboarding``: the watcher that starts sidecars for labelled containers.
+    Imported only then: the Docker SDK is not needed otherwise."""
+    from meshd.onboarding.docker import DockerWatcher  # noqa: PLC0415
+
+    return DockerWatcher(settings, ident.tokens, catalog, store)
 
 
 def consul_client(settings: Settings, *, max_connections: int = 100) -> ConsulClient:

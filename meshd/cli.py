@@ -22,6 +22,10 @@ def _env_default(flag: str, default: str | None) -> str | None:
     return os.environ.get(ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper(), default)
 
 
+def _env_flag(flag: str) -> bool:
+    return (_env_default(flag, "") or "").lower() in ("1", "true", "yes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshd",
@@ -102,6 +106,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     opt("--debounce-ms", "100", "wait this long for more changes before compiling", type=int)
     opt("--log-level", "info", "debug, info, warning or error")
+    docker = serve.add_argument_group(
+        "Docker onboarding",
+        "Start a sidecar for every container labelled mesh.service (docs/onboarding.md). "
+        "meshd then needs the Docker socket, which is root on the engine's host.",
+    )
+    docker.add_argument(
+        "--docker-onboarding",
+        action="store_true",
+        default=_env_flag("--docker-onboarding"),
+        help="watch the Docker engine and onboard labelled containers",
+    )
+    docker.add_argument(
+        "--docker-host",
+        default=_env_default("--docker-host", "unix:///var/run/docker.sock"),
+        help="the Docker engine's API: unix:///path/docker.sock, or tcp://HOST:PORT of a "
+        "socket proxy",
+    )
+    docker.add_argument(
+        "--sidecar-image",
+        default=_env_default("--sidecar-image", "meshd:local"),
+        help="the image sidecar containers run (`mesh-sidecar run`)",
+    )
+    docker.add_argument(
+        "--onboarding-meshd-url",
+        default=_env_default("--onboarding-meshd-url", None),
+        help="meshd's https URL as containers reach it (default: the listen address, or "
+        "the engine's bridge gateway when listening on 0.0.0.0); meshd's certificate "
+        "must name its host (--san)",
+    )
     serve.add_argument(
         "--access-log",
         action="store_true",
@@ -151,6 +184,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         debounce_ms=int(args.debounce_ms),
         access_log=bool(args.access_log),
         log_level=args.log_level,
+        docker_onboarding=bool(args.docker_onboarding),
+        docker_host=args.docker_host,
+        sidecar_image=args.sidecar_image,
+        onboarding_meshd_url=args.onboarding_meshd_url or None,
     )
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from meshd.errors import ConfigError
+from meshd.netaddr import is_loopback_host
 
 StoreKind = Literal["sqlite", "consul"]
 RegistryKind = Literal["embedded", "consul"]
 CaKind = Literal["embedded", "vault"]
 MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
+DOCKER_HOST_SCHEMES = ("unix://", "tcp://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,10 @@ class Settings:
     poll_wait_max_s: float = 60.0
     access_log: bool = False
     log_level: str = "info"
+    docker_onboarding: bool = False
+    docker_host: str = "unix:///var/run/docker.sock"
+    sidecar_image: str = "meshd:local"
+    onboarding_meshd_url: str | None = None
 
     @property
     def url(self) -> str:
@@ -89,6 +96,37 @@ class Settings:
             )
         if self.ca_plugin_dir is not None and self.ca != "embedded":
             raise ConfigError("--ca-plugin-dir is for --ca embedded; Vault keeps its own keys")
+        if self.docker_onboarding:
+            self._check_docker_onboarding()
+
+    def _check_docker_onboarding(self) -> None:
+        if not self.docker_host.startswith(DOCKER_HOST_SCHEMES):
+            raise ConfigError(
+                f"--docker-host {self.docker_host!r}: expected unix:///path/to/docker.sock, or "
+                "tcp://HOST:PORT for a socket proxy (plaintext: keep it on the host)"
+            )
+        if not self.sidecar_image.strip():
+            raise ConfigError("--sidecar-image must name an image, e.g. meshd:local")
+        url = self.onboarding_meshd_url
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+                raise ConfigError(
+                    f"--onboarding-meshd-url {url!r}: expected https://HOST:PORT, meshd's "
+                    "address as containers reach it (meshd serves HTTPS only)"
+                )
+            if is_loopback_host(parts.hostname):
+                raise ConfigError(
+                    f"--onboarding-meshd-url {url!r}: a sidecar's loopback is its app's "
+                    "container, not meshd's host; give an address containers reach"
+                )
+        elif is_loopback_host(self.listen_host):
+            raise ConfigError(
+                f"--docker-onboarding: meshd listens on {self.listen_host}, which containers "
+                "cannot reach; listen on an address they can (--listen 0.0.0.0:15012, or the "
+                "engine's bridge gateway such as 172.17.0.1:15012), or set "
+                "--onboarding-meshd-url to one that leads to meshd"
+            )
 
 
 def parse_listen(text: str) -> tuple[str, int]:
