@@ -238,6 +238,15 @@ class TelemetryView(Protocol):
     def render(self) -> str: ...
 
 
+class HealthView(Protocol):
+    """The app's health and how it is reported (:class:`sidecar.agent.Agent`)."""
+
+    @property
+    def app_healthy(self) -> bool: ...
+
+    def health_json(self) -> dict[str, Any]: ...
+
+
 class ProxyView(Protocol):
     """The proxy's listeners (:class:`sidecar.proxy.ProxyServer`), for ``/ready``."""
 
@@ -262,6 +271,7 @@ class AdminApp:
         identity: IdentityView,
         telemetry: TelemetryView | None = None,
         proxy: ProxyView | None = None,
+        health: HealthView | None = None,
     ) -> None:
         self.settings = settings
         self.proxy_id = proxy_id
@@ -270,6 +280,7 @@ class AdminApp:
         self.identity = identity
         self.telemetry = telemetry
         self.proxy = proxy
+        self.health = health
         self._routes = {
             "/ready": self.ready,
             "/config_dump": self.config_dump,
@@ -342,6 +353,7 @@ class AdminApp:
                 "caFile": str(s.ca_file),
             },
             "identity": self.identity_json(),
+            "health": self.health.health_json() if self.health is not None else None,
             "sidecar": {
                 "service": s.service,
                 "namespace": s.namespace,
@@ -388,6 +400,13 @@ class AdminApp:
             lines.append(
                 f'mesh_sidecar_config_version_info{{version="{_label_value(applied.version)}"}} 1'
             )
+        if self.health is not None:
+            lines += [
+                "# HELP mesh_sidecar_app_healthy 1 when the app passes its health check "
+                "(always with --health-check none), else 0.",
+                "# TYPE mesh_sidecar_app_healthy gauge",
+                f"mesh_sidecar_app_healthy {int(self.health.app_healthy)}",
+            ]
         lines += self.identity.prometheus_lines()
         text = "\n".join(lines) + "\n"
         if self.telemetry is not None:  # the Istio request and TCP metrics

@@ -27,7 +27,10 @@ Run one sidecar next to one service instance. Today the sidecar is meshd's clien
 it gets its workload certificate (with the join token, then renewing it), registers
 the instance, keeps the newest valid config for its proxy (validated, ACKed or NACKed,
 saved to the state dir), keeps serving it and its certificate while meshd is down, and
-shows its state on the admin port (127.0.0.1). It talks to meshd over HTTPS only,
+shows its state on the admin port (127.0.0.1). With --health-check it checks the app
+every --health-interval and reports the result to the registry (meshd's, or the local
+Consul agent with --registry consul): an unhealthy app's instance leaves its peers'
+endpoints, and returns once it passes again. It talks to meshd over HTTPS only,
 verifying meshd with --ca-file and the mesh roots and authenticating with its
 certificate (mTLS). It proxies the service's traffic: the inbound port (mTLS, or
 also plaintext in PERMISSIVE mode) forwards to the app on 127.0.0.1, the outbound HTTP
@@ -153,6 +156,54 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "output (default: off)",
         "PATH",
     )
+    opt(
+        "--health-check",
+        "how the app's health is checked: http:/PATH (GET on the app port; 2xx or 3xx "
+        "passes), tcp (a connection is accepted) or none (healthy while the sidecar runs; "
+        "the default). An unhealthy instance leaves its peers' endpoints",
+        "CHECK",
+    )
+    opt(
+        "--health-interval",
+        "seconds between checks, also between health reports to the registry, whose "
+        "registration lasts two of them (default 10; 10s, 500ms and 1m work too)",
+        "S",
+    )
+    opt("--health-timeout", "a check not done within this fails (default 2 s)", "S")
+    opt(
+        "--healthy-threshold",
+        "passed checks in a row that make an unhealthy app healthy again (default 1)",
+        "N",
+    )
+    opt(
+        "--unhealthy-threshold",
+        "failed checks in a row that make a healthy app unhealthy (default 2)",
+        "N",
+    )
+    opt(
+        "--registry",
+        "where the instance registers and reports its health: meshd (meshd's API, the "
+        "default) or consul (the local Consul agent, directly; meshd then runs with "
+        "--registry consul). The certificate and config come from meshd either way",
+        "R",
+    )
+    opt(
+        "--consul-addr",
+        "with --registry consul: the local Consul agent, host:port or an http(s):// URL "
+        "(default CONSUL_HTTP_ADDR, else 127.0.0.1:8500)",
+        "ADDR",
+    )
+    opt(
+        "--consul-token",
+        "with --registry consul: the ACL token (service:write on the service); default "
+        "CONSUL_HTTP_TOKEN. Prefer the environment: flags show in ps",
+        "TOKEN",
+    )
+    opt(
+        "--consul-ca-file",
+        "with --registry consul over https://: the CA bundle that verifies the agent",
+        "PEM",
+    )
     opt("--poll-wait", "seconds each config long-poll waits for a change (default 30)", "S")
     opt("--log-level", "debug, info, warning or error (default info)", "LEVEL")
     return parser
@@ -175,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # --upstream repeats; the environment gives the list comma-separated.
     upstream = raw.get("upstream")
     raw["upstream"] = ",".join(upstream) if upstream else os.environ.get(env_name("--upstream"))
+    # Consul's own variables, for --registry consul (the MESH_ ones and flags win).
+    raw["consul_http_addr"] = os.environ.get("CONSUL_HTTP_ADDR")
+    raw["consul_http_token"] = os.environ.get("CONSUL_HTTP_TOKEN")
     try:
         settings = build_settings(raw)
     except ConfigError as exc:

@@ -2,7 +2,8 @@
 
 The protocol (``meshd/api/proxies.py``, ``meshd/xds/hub.py``):
 
-- ``PUT /v1/instances/{id}`` registers (idempotent: repeating it is the heartbeat);
+- ``PUT /v1/instances/{id}`` registers (idempotent: repeating it is the heartbeat, and
+  carries the app's health: ``healthy``, ``ttlSeconds``, ``healthOutput``);
   ``DELETE /v1/instances/{id}`` deregisters.
 - ``GET /v1/xds/{proxy}?version=V&wait=S`` answers 200 with a snapshot whose version
   (header ``X-Mesh-Version``) differs from V, or 304 after S seconds. Polling with the
@@ -91,6 +92,20 @@ class Registration:
             "serviceAccount": self.service_account,
             "meshed": self.meshed,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """The app's health as one report tells the registry: ``healthy``, the last check's
+    ``output``, and ``ttl_s``, how long the registration lasts without another report
+    (twice the check interval)."""
+
+    healthy: bool
+    output: str
+    ttl_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"healthy": self.healthy, "ttlSeconds": self.ttl_s, "healthOutput": self.output}
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +205,16 @@ class ControlClient:
 
     # --- the requests -------------------------------------------------------------------
 
-    async def register(self, instance_id: str, registration: Registration) -> None:
-        await self._request(
-            "PUT", f"/v1/instances/{_seg(instance_id)}", json=registration.to_json()
-        )
+    async def register(
+        self, instance_id: str, registration: Registration, health: HealthReport | None = None
+    ) -> None:
+        """Register, or heartbeat: the same body again. With ``health`` the body carries
+        the app's health and how long the registration lasts without another heartbeat;
+        without it meshd takes the instance as healthy for its default TTL (90 s)."""
+        body = registration.to_json()
+        if health is not None:
+            body.update(health.to_json())
+        await self._request("PUT", f"/v1/instances/{_seg(instance_id)}", json=body)
 
     async def deregister(self, instance_id: str, *, timeout_s: float = 3.0) -> bool:
         """False when meshd did not know the instance (nothing to do)."""

@@ -25,7 +25,22 @@ from typing import Literal, cast
 from urllib.parse import urlsplit
 
 from meshd.netaddr import is_loopback_url
+from registry.consul_http import DEFAULT_ADDRESS as DEFAULT_CONSUL_ADDR
+from registry.consul_http import base_url as consul_base_url
 from sidecar.errors import ConfigError
+from sidecar.health import (
+    DEFAULT_HEALTHY_THRESHOLD,
+    DEFAULT_INTERVAL_S,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_UNHEALTHY_THRESHOLD,
+    MAX_INTERVAL_S,
+    MAX_THRESHOLD,
+    MIN_INTERVAL_S,
+    MIN_TIMEOUT_S,
+    NO_CHECK,
+    HealthCheckConfig,
+    parse_check,
+)
 
 ENV_PREFIX = "MESH_"
 DEFAULT_MESHD_URL = "https://127.0.0.1:15012"
@@ -35,10 +50,12 @@ CA_BUNDLE_HINT = (
     "start; copy it to the sidecar's host over a channel you trust)"
 )
 PROTOCOLS = ("http", "http2", "grpc", "tcp")
+REGISTRIES = ("meshd", "consul")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 STATE_ROOT = Path("/var/lib/mesh-sidecar")
 
 Protocol = Literal["http", "http2", "grpc", "tcp"]
+RegistryKind = Literal["meshd", "consul"]
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -84,6 +101,13 @@ class Settings:
     upstreams: tuple[UpstreamSpec, ...] = ()
     drain_timeout_s: float = 5.0
     access_log: str = ""  # "" off, "-" standard output, else a file path
+    health: HealthCheckConfig = NO_CHECK
+    registry: RegistryKind = "meshd"
+    """Where the instance registers: ``meshd`` (meshd's API, whatever its backend) or
+    ``consul`` (the local Consul agent at ``consul_addr``, directly)."""
+    consul_addr: str = DEFAULT_CONSUL_ADDR
+    consul_token: str = ""
+    consul_ca_file: Path | None = None
 
     @property
     def admin_host(self) -> str:
@@ -179,6 +203,146 @@ def parse_upstreams(text: str) -> tuple[UpstreamSpec, ...]:
         port = parse_port("--upstream", port_text) if colon else None
         out.append(UpstreamSpec(name, port, parse_port("--upstream", local)))
     return tuple(out)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+
+
+def parse_duration(flag: str, text: str, low: float, high: float) -> float:
+    """Seconds, as ``10``, ``10s``, ``500ms`` or ``1m``, between ``low`` and ``high``."""
+    found = _DURATION.fullmatch(text.strip())
+    value = float(found[1]) * _UNIT_S[found[2]] if found else -1.0
+    if not low <= value <= high:
+        raise ConfigError(
+            f"{_where(flag)}: {text!r} is not a duration between {low:g} s and {high:g} s "
+            "(seconds, or with a unit: 10s, 500ms, 1m)"
+        )
+    return value
+
+
+def parse_count(flag: str, text: str, high: int) -> int:
+    value = text.strip()
+    if not value.isdigit() or not 1 <= int(value) <= high:
+        raise ConfigError(f"{_where(flag)}: {text!r} is not a whole number from 1 to {high}")
+    return int(value)
+
+
+def parse_health(raw: Mapping[str, str | None]) -> HealthCheckConfig:
+    """``--health-check`` and its companions (``raw`` as for :func:`build_settings`)."""
+
+    def given(dest: str) -> str | None:
+        value = (raw.get(dest) or "").strip()
+        return value or None
+
+    try:
+        kind, path = parse_check(given("health_check") or "none")
+    except ValueError as exc:
+        raise ConfigError(f"{_where('--health-check')}: {exc}") from None
+    interval_text = given("health_interval")
+    interval = (
+        parse_duration("--health-interval", interval_text, MIN_INTERVAL_S, MAX_INTERVAL_S)
+        if interval_text
+        else DEFAULT_INTERVAL_S
+    )
+    check_flags = {
+        "--health-timeout": given("health_timeout"),
+        "--healthy-threshold": given("healthy_threshold"),
+        "--unhealthy-threshold": given("unhealthy_threshold"),
+    }
+    if kind == "none":
+        extra = [flag for flag, value in check_flags.items() if value is not None]
+        if extra:
+            raise ConfigError(
+                f"{_where(extra[0])} has no effect with --health-check none (the default); "
+                "choose a check, e.g. --health-check http:/healthz or --health-check tcp"
+            )
+    timeout_text = check_flags["--health-timeout"]
+    timeout = (
+        parse_duration("--health-timeout", timeout_text, MIN_TIMEOUT_S, MAX_INTERVAL_S)
+        if timeout_text
+        else min(DEFAULT_TIMEOUT_S, interval)
+    )
+    if timeout > interval:
+        raise ConfigError(
+            f"{_where('--health-timeout')}: {timeout:g} s is longer than the interval "
+            f"({interval:g} s, --health-interval); a check must end before the next starts"
+        )
+    healthy_text = check_flags["--healthy-threshold"]
+    unhealthy_text = check_flags["--unhealthy-threshold"]
+    return HealthCheckConfig(
+        kind=kind,
+        path=path,
+        interval_s=interval,
+        timeout_s=timeout,
+        healthy_threshold=parse_count("--healthy-threshold", healthy_text, MAX_THRESHOLD)
+        if healthy_text
+        else DEFAULT_HEALTHY_THRESHOLD,
+        unhealthy_threshold=parse_count("--unhealthy-threshold", unhealthy_text, MAX_THRESHOLD)
+        if unhealthy_text
+        else DEFAULT_UNHEALTHY_THRESHOLD,
+    )
+
+
+def parse_registry(
+    raw: Mapping[str, str | None],
+) -> tuple[RegistryKind, str, str, Path | None]:
+    """``--registry`` and the Consul flags -> (registry, Consul address, token, CA file).
+    With ``--registry consul``, Consul's own ``CONSUL_HTTP_ADDR``/``CONSUL_HTTP_TOKEN``
+    (``raw["consul_http_addr"]``/``["consul_http_token"]``) fill in for flags not given."""
+
+    def given(dest: str) -> str:
+        return (raw.get(dest) or "").strip()
+
+    registry = given("registry") or "meshd"
+    if registry not in REGISTRIES:
+        raise ConfigError(
+            f"{_where('--registry')}: {registry!r} is not one of {', '.join(REGISTRIES)}: "
+            "meshd (register through meshd's API) or consul (with the local Consul agent)"
+        )
+    consul_flags = {
+        "--consul-addr": given("consul_addr"),
+        "--consul-token": given("consul_token"),
+        "--consul-ca-file": given("consul_ca_file"),
+    }
+    if registry == "meshd":
+        extra = [flag for flag, value in consul_flags.items() if value]
+        if extra:
+            raise ConfigError(
+                f"{_where(extra[0])} is only used with --registry consul (the sidecar "
+                "registers with the local Consul agent); with --registry meshd (the "
+                "default) meshd talks to the registry: drop the flag, or add --registry consul"
+            )
+        return "meshd", DEFAULT_CONSUL_ADDR, "", None
+    address = consul_flags["--consul-addr"] or given("consul_http_addr") or DEFAULT_CONSUL_ADDR
+    token = consul_flags["--consul-token"] or given("consul_http_token")
+    ca_text = consul_flags["--consul-ca-file"]
+    try:
+        url = consul_base_url(address, https=bool(ca_text))
+    except ValueError as exc:
+        raise ConfigError(f"{_where('--consul-addr')}: {exc}") from None
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 — raises ValueError for a bad port
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if not parts.hostname or parts.path or parts.query or parts.username:
+        raise ConfigError(
+            f"{_where('--consul-addr')}: {address!r} is not host:port or an http(s):// URL "
+            f"of a Consul agent, e.g. {DEFAULT_CONSUL_ADDR}"
+        )
+    if ca_text and parts.scheme != "https":
+        raise ConfigError(
+            f"{_where('--consul-ca-file')} verifies Consul's HTTPS certificate, but "
+            f"--consul-addr {address!r} is plain HTTP: use an https:// address"
+        )
+    if token and parts.scheme == "http" and not is_loopback_url(url):
+        raise ConfigError(
+            f"{_where('--consul-token')}: the ACL token would cross the network in cleartext "
+            f"to {url}; register with the local Consul agent (127.0.0.1:8500), or use "
+            "https:// with --consul-ca-file"
+        )
+    return "consul", url, token, Path(ca_text).expanduser() if ca_text else None
 
 
 def parse_meshd_url(text: str) -> str:
@@ -377,6 +541,8 @@ def build_settings(raw: Mapping[str, str | None]) -> Settings:
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"{_where('--log-level')}: {log_level!r} is not one of {LOG_LEVELS}")
     state_dir = Path(text("state_dir")) if text("state_dir") else None
+    health = parse_health(raw)
+    registry, consul_addr, consul_token, consul_ca_file = parse_registry(raw)
     return Settings(
         meshd_url=meshd_url,
         token=token,
@@ -400,4 +566,9 @@ def build_settings(raw: Mapping[str, str | None]) -> Settings:
         upstreams=upstreams,
         drain_timeout_s=drain_timeout,
         access_log=text("access_log"),
+        health=health,
+        registry=registry,
+        consul_addr=consul_addr,
+        consul_token=consul_token,
+        consul_ca_file=consul_ca_file,
     )
