@@ -109,6 +109,7 @@ class Topology:
     web: dict[str, SidecarProcess]
     flaky: SidecarProcess
     ws: SidecarProcess
+    tcpecho: SidecarProcess
     tcp_port: int
     web_port: int
 
@@ -125,13 +126,13 @@ def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         flaky = mesh.sidecar("flaky", app=mesh.backend("flaky", fail_rate=0.5))
         mesh.sidecar("slow", app=mesh.backend("slow", delay_s=2.0))
         ws = mesh.sidecar("ws", app=mesh.backend("ws", kind="ws"))
-        mesh.sidecar("tcpecho", app=mesh.backend("tcpecho", kind="tcp"), protocol="tcp")
+        tcpecho = mesh.sidecar("tcpecho", app=mesh.backend("tcpecho", kind="tcp"), protocol="tcp")
         tcp_port = free_port()
         client = mesh.sidecar("client", upstreams={"tcpecho": tcp_port})
         mesh.wait_ready()
         mesh.apply(RULES)
         mesh.wait_synced()
-        topology = Topology(mesh, client, web, flaky, ws, tcp_port, web_port)
+        topology = Topology(mesh, client, web, flaky, ws, tcpecho, tcp_port, web_port)
         with mesh.http_client(client) as http:
             mesh.eventually(
                 lambda: (
@@ -271,6 +272,22 @@ def test_websocket_echo_through_two_sidecars(topo: Topology) -> None:
         # After the close handshake the server ends the connection, and so does the tunnel.
         sock.settimeout(5)
         assert sock.recv(1) == b""
+    # The upgraded request is one request in Istio's metrics, counted when the tunnel ends,
+    # on both sides, with the 101.
+    for sidecar in (topo.client, topo.ws):
+        wait_for_metric(sidecar, "istio_requests_total{reporter=", 'response_code="101"', "ws")
+
+
+def wait_for_metric(sidecar: SidecarProcess, prefix: str, *needles: str) -> str:
+    """The first metric line starting with ``prefix`` that holds every needle, as
+    ``name value`` (polled: the sample is written when the connection ends)."""
+    deadline = time.monotonic() + 5
+    while True:
+        for name, value in sidecar.metrics().items():
+            if name.startswith(prefix) and all(n in name for n in needles):
+                return f"{name} {value}"
+        assert time.monotonic() < deadline, f"no {prefix} sample with {needles}"
+        time.sleep(0.05)
 
 
 # --- (d) TCP ---------------------------------------------------------------------------------
@@ -314,6 +331,12 @@ def test_tcp_echo_with_half_close_through_two_sidecars(topo: Topology) -> None:
     for t in threads:
         t.join(30)
     assert results == payloads
+    # Istio's TCP metrics, on both sides: connections opened and closed, bytes each way.
+    for sidecar in (topo.client, topo.tcpecho):
+        closed = wait_for_metric(sidecar, "istio_tcp_connections_closed_total{", "tcpecho")
+        assert float(closed.rsplit(" ", 1)[1]) >= 6, closed
+        sent = wait_for_metric(sidecar, "istio_tcp_sent_bytes_total{", "tcpecho")
+        assert float(sent.rsplit(" ", 1)[1]) >= len(payload), sent
 
 
 # --- (e) route change under load --------------------------------------------------------------
