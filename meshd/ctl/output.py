@@ -520,7 +520,7 @@ def proxy_summary(config: Item) -> str:
     out.append("")
     passthrough = "passthrough" if outbound.get("allow_any", True) else "blocked"
     out.append(
-        f"Outbound HTTP listener 127.0.0.1:15001: {len(vhosts)} virtual host(s); "
+        f"Outbound HTTP (the sidecar's --outbound-port): {len(vhosts)} virtual host(s); "
         f"unknown hosts {passthrough}"
     )
     for v in vhosts:

@@ -547,7 +547,8 @@ def test_proxy_summary() -> None:
     assert "Inbound listener :15006 -> app 127.0.0.1:9080\n  protocol http, mTLS STRICT\n" in text
     assert "  port 9090: mTLS PERMISSIVE\n  authorization: ALLOW default/allow-gw\n" in text
     assert (
-        "Outbound HTTP listener 127.0.0.1:15001: 2 virtual host(s); unknown hosts passthrough\n"
+        "Outbound HTTP (the sidecar's --outbound-port): 2 virtual host(s); "
+        "unknown hosts passthrough\n"
         in text
     )
     assert "  reviews.default.svc.cluster.local  [from VirtualService default/reviews]\n" in text
