@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only compile|push|ca|registry]`` — run the benchmarks, write
+"""``python -m bench [--quick] [--only compile|push|ca|registry|proxy]`` — run the benchmarks, write
 ``bench/results/report.md`` and ``bench/results/results.json``.
 
 Exit status 0 when every benchmark ran (whether or not it met its target: targets are
@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from bench import progress, push_bench, registry_bench, report
+from bench import progress, proxy_bench, push_bench, registry_bench, report
 from bench.ca_bench import TARGET_EMBEDDED_SIGNS_PER_S
 from bench.compile_bench import TARGET_FULL_COMPILE_MS
 from bench.push_bench import TARGET_P99_MS, TARGET_WATCHERS, PushSize
@@ -159,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     parser.add_argument(
-        "--only", choices=["compile", "push", "ca", "registry"], help="run one benchmark"
+        "--only",
+        choices=["compile", "push", "ca", "registry", "proxy"],
+        help="run one benchmark",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the report")
     parser.add_argument("--rounds", type=int, default=0, help="push rounds per size (5; quick: 2)")
@@ -167,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile",
         choices=["auto", "always", "never"],
         default="auto",
-        help="profile meshd during extra push rounds: when the target is missed (auto)",
+        help="profile meshd during extra push rounds, and a fresh pair of sidecars under "
+        "extra proxy load: when a target is missed (auto)",
     )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -186,7 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": {"full_compile_ms": TARGET_FULL_COMPILE_MS, "push": {
             "p99_ms": TARGET_P99_MS, "watchers": TARGET_WATCHERS},
             "ca": {"embedded_signs_per_s": TARGET_EMBEDDED_SIGNS_PER_S},
-            "registry": {"p99_ms": registry_bench.TARGET_P99_MS}},
+            "registry": {"p99_ms": registry_bench.TARGET_P99_MS},
+            "proxy": {"hop_vs_nginx": proxy_bench.TARGET_HOP_VS_NGINX,
+                      "mesh_added_p50_ms": proxy_bench.TARGET_MESH_ADDED_P50_MS,
+                      "vcpu_per_1000_rps": proxy_bench.TARGET_VCPU_PER_1000_RPS,
+                      "rss_mib": proxy_bench.TARGET_RSS_MIB}},
     }  # fmt: skip
     m = results["machine"]
     progress("bench", f"{m['cpu_model']}, {m['cores']} cores, {m['python']}; {command}")
@@ -224,6 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ok = False
                 results["registry"] = {"error": f"{type(exc).__name__}: {exc}"}
                 progress("registry", f"FAILED: {traceback.format_exc()}")
+        if args.only in (None, "proxy"):
+            try:
+                results["proxy"] = proxy_bench.run(args.quick, args.profile, args.out)
+            except Exception as exc:  # reported, and the report is still written
+                ok = False
+                results["proxy"] = {"error": f"{type(exc).__name__}: {exc}"}
+                progress("proxy", f"FAILED: {traceback.format_exc()}")
     except KeyboardInterrupt:
         # Children were stopped by the context managers on the way out; nothing to write.
         progress("bench", "interrupted: every process it started has been stopped")

@@ -34,8 +34,15 @@ ANCHORS: tuple[str, ...] = (
     "latency p50/p99 at the affected sidecars and meshd's CPU, for embedded and consul. "
     "Target: p99 < 1 s on this 2-core machine.",
     "Consul pushes updates to 172,000 instances in under 1 s with 5 servers.",
+    "Proxy: direct vs nginx vs HAProxy vs one sidecar hop vs the mesh path (client sidecar "
+    "-> mTLS -> server sidecar), HTTP/1.1, 1 KB bodies, keep-alive: saturation throughput; "
+    "p50/p99 at a fixed 1,000 rps; CPU-seconds per 1,000 requests per sidecar; RSS. Targets: "
+    "one hop >= 0.8x nginx's throughput; the mesh path adds <= 0.5 ms p50 at 1,000 rps; "
+    "<= 0.20 vCPU per 1,000 rps per sidecar with mTLS and metrics on; RSS <= 40 MB under load.",
+    "Istio 1.24 publishes 0.20 vCPU and 60 MB per 1,000 requests/s for its Envoy sidecar.",
 )
-"""The benchmark sections of the issues (``issues show 2``, ``3`` and ``5``), for context."""
+"""The benchmark sections of the issues (``issues show 2``, ``3``, ``4`` and ``5``), for
+context."""
 
 SECTIONS: tuple[str, ...] = (
     "## Summary",
@@ -45,6 +52,7 @@ SECTIONS: tuple[str, ...] = (
     "## Push",
     "## CA signing",
     "## Registry",
+    "## Proxy",
     "## How to read this report",
 )
 """Headings every report holds (a benchmark that did not run says so under its own)."""
@@ -212,6 +220,7 @@ def _summary(results: Mapping[str, Any]) -> list[str]:
         rows.append(["Push", "p99 < 1 s", "failed", "**NO**"])
     rows += _ca_summary_rows(results.get("ca"), quick)
     rows += _registry_summary_rows(results.get("registry"), quick)
+    rows += _proxy_summary_rows(results.get("proxy"), quick)
     lines = ["## Summary", ""]
     if quick:
         lines += [
@@ -843,6 +852,414 @@ def _registry(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+# --- proxy -----------------------------------------------------------------------------------
+
+
+def _mib(value: Any) -> str:
+    return _num(value, " MiB", 1)
+
+
+def _vcpu(value: Any) -> str:
+    return _num(value, "", 3)
+
+
+DISTURBED_CORES = 0.1
+"""Other work above this many cores during a proxy window is called out in the report."""
+
+
+def _proxy_cases(proxy: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {c["case"]: c for c in proxy.get("cases", [])}
+
+
+def _proxy_summary_rows(proxy: Mapping[str, Any] | None, quick: bool) -> list[list[str]]:
+    if proxy is None:
+        return []
+    if "error" in proxy:
+        return [["Proxy: sidecar vs nginx / HAProxy", "", "failed", "**NO**"]]
+    t = proxy.get("target_results", {})
+    cases = _proxy_cases(proxy)
+    rows = []
+
+    def met(key: str) -> str:
+        return _met(None if quick else t[key]["met"])
+
+    if "hop_vs_nginx" in t:
+        rows.append(
+            [
+                "Proxy: one sidecar hop's saturation throughput vs nginx's",
+                f">= {t['hop_vs_nginx']['target']:g}x",
+                f"{t['hop_vs_nginx']['value']:.2f}x ({_num(cases['hop']['saturation']['rps'])} "
+                f"vs {_num(cases['nginx']['saturation']['rps'])} req/s)",
+                met("hop_vs_nginx"),
+            ]
+        )
+    if "mesh_added_p50_ms" in t:
+        rows.append(
+            [
+                "Proxy: p50 the mesh path adds at 1,000 req/s (vs direct)",
+                f"<= {t['mesh_added_p50_ms']['target']:g} ms",
+                f"+{t['mesh_added_p50_ms']['value']:.3f} ms",
+                met("mesh_added_p50_ms"),
+            ]
+        )
+    if "vcpu_per_1000_rps" in t:
+        per = t["vcpu_per_1000_rps"]["value"]
+        rows.append(
+            [
+                "Proxy: vCPU per 1,000 req/s per sidecar (mTLS, metrics on)",
+                f"<= {t['vcpu_per_1000_rps']['target']:.2f}",
+                " / ".join(f"{k} {_vcpu(v)}" for k, v in per.items()),
+                met("vcpu_per_1000_rps"),
+            ]
+        )
+    if "rss_mib" in t:
+        rows.append(
+            [
+                "Proxy: sidecar peak RSS under load (worst sidecar)",
+                f"<= {t['rss_mib']['target']:g} MiB",
+                _mib(t["rss_mib"]["worst"]),
+                met("rss_mib"),
+            ]
+        )
+    return rows
+
+
+def _proxy_cpu_cells(case: Mapping[str, Any]) -> tuple[str, str, str]:
+    """CPU-s per 1,000 requests saturated, at the fixed rate, and peak RSS of the case's
+    proxies (several: joined with +)."""
+    procs = case["proxies"]
+    if not procs:
+        return "—", "—", "—"
+    return (
+        " + ".join(_vcpu(p["cpu_s_per_1000_saturated"]) for p in procs),
+        " + ".join(_vcpu(p["cpu_s_per_1000_at_rate"]) for p in procs),
+        " + ".join(_mib(p["peak_rss_mib"]) for p in procs),
+    )
+
+
+def _proxy_profile(profile: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "### Profile of the sidecars",
+        "",
+        f"{profile.get('why', '')} A new client + server pair ran under the profiler "
+        "(`python -m bench.proxy_bench sidecar --profile-dir ...`: the sidecar in-process, "
+        "a profiler that SIGUSR1 resumes and SIGUSR2 pauses); set-up and warm-up are not in "
+        "the profiles. Profilers slow Python code made of many small calls more than C "
+        "code (system calls, TLS): compare shares, not times. Raw profiles are kept beside "
+        "this report (`python -m pstats FILE`).",
+        "",
+    ]
+    for window in profile["windows"]:
+        title = "fixed rate" if window["window"] == "fixed_rate" else "saturation"
+        for prof in window["sidecars"]:
+            lines += [
+                f"#### {prof['role']}, {title}: {window['load']}",
+                "",
+                f"Profiler {prof['profiler']} ({prof['clock']} clock); "
+                f"{_num(prof['total_own_s'], ' s', 2)} of own time in all; raw profile "
+                f"`{prof.get('file', '')}`.",
+                "",
+            ]
+            lines += _table(
+                ["Package", "Own", "Share"],
+                [
+                    [p["package"], _num(p["own_s"], " s", 3), _num(100 * p["share"], " %", 1)]
+                    for p in prof["by_package"][:10]
+                ],
+            )
+            keys = ["by_own_time"]
+            if window["window"] == "fixed_rate":
+                keys.append("by_cumulative_time")
+            for key in keys:
+                what = "own" if key == "by_own_time" else "cumulative"
+                lines += [f"Top functions by {what} time:", ""]
+                lines += _table(
+                    ["Function", "Calls", "Own", "Cumulative"],
+                    [
+                        [
+                            f"`{r['function']}`",
+                            _num(r["calls"]),
+                            _num(r["own_s"], " s", 3),
+                            _num(r["cumulative_s"], " s", 3),
+                        ]
+                        for r in prof[key][:12]
+                    ],
+                )
+    return lines
+
+
+def _proxy(results: Mapping[str, Any]) -> list[str]:
+    lines = ["## Proxy", ""]
+    proxy = results.get("proxy")
+    failed = _failed(proxy, "proxy")
+    if failed is not None or proxy is None:
+        return lines + (failed or [])
+    size = proxy["size"]
+    cases = _proxy_cases(proxy)
+    quick = bool(results["meta"].get("quick"))
+    lines += [
+        f"`bench/proxy_bench.py`. Requests: {proxy['request']}. Every case answers from the "
+        f"same backend: {proxy['backend']}. Each proxy runs as one process with one thread "
+        "of work: nginx with 1 worker and a keep-alive upstream pool, HAProxy with "
+        "`nbthread 1` in http mode (keep-alive, `http-reuse always`), and the sidecars as "
+        "`mesh-sidecar run` processes of a real `meshd serve` (join tokens, certificates "
+        "from the embedded CA, config by long poll; Istio metrics on, access log off: the "
+        "defaults). *hop*: the load generator calls a sidecar's outbound listener with "
+        "`Host: origin.bench`, a ServiceEntry (MESH_EXTERNAL, STATIC 127.0.0.1) the sidecar "
+        "routes to in plaintext — a client-side proxy doing what nginx and HAProxy do here. "
+        "*mesh*: the same through a client sidecar, mTLS to a server sidecar (STRICT) and "
+        "on to the backend. CPU pinning: " + proxy["pinning"] + "; in the mesh case both "
+        "sidecars share the proxy CPU.",
+        "",
+        f"Per case: {size['warmup_s']:g} s of closed-loop warm-up; **saturation** with "
+        f"{proxy['saturation_generator']}, {size['connections']} connections for "
+        f"{size['saturation_s']:g} s; {size['rate_warmup_s']:g} s of warm-up at the fixed "
+        f"rate; then **{size['rate']:,.0f} requests/s for {size['rate_s']:g} s** with the "
+        f"{proxy['rate_generator']} over up to {size['rate_connections']} keep-alive "
+        "connections (the most recently freed first), latency from each request's "
+        "scheduled send time to its last byte. CPU: user + system seconds of each proxy "
+        "process (tree) from `/proc/<pid>/stat` around each window. RSS: `VmHWM` (peak) "
+        "after the case.",
+        "",
+    ]
+    rows = []
+    nginx_rps = cases.get("nginx", {}).get("saturation", {}).get("rps")
+    direct_p50 = cases.get("direct", {}).get("fixed_rate", {}).get("latency_ms", {}).get("p50")
+    for case in proxy["cases"]:
+        sat = case["saturation"]
+        lat = case["fixed_rate"]["latency_ms"]
+        sat_cpu, rate_cpu, rss = _proxy_cpu_cells(case)
+        added = (
+            f"+{lat['p50'] - direct_p50:.3f} ms"
+            if direct_p50 is not None and case["case"] != "direct"
+            else "—"
+        )
+        errors = sat["errors"] + case["fixed_rate"]["errors"]
+        rows.append(
+            [
+                case["label"],
+                _num(sat["rps"]),
+                f"{sat['rps'] / nginx_rps:.2f}x" if nginx_rps else "—",
+                _num(case.get("per_proxy_core_rps")),
+                " / ".join(f"{lat.get(k, math.nan):.3f}" for k in ("p50", "p90", "p99")),
+                added,
+                sat_cpu,
+                rate_cpu,
+                rss,
+                str(errors) if errors else "0",
+            ]
+        )
+    lines += _table(
+        [
+            "Case",
+            "Saturation, req/s",
+            "vs nginx",
+            "Req per proxy CPU-second (saturated)",
+            "At 1,000 req/s: p50 / p90 / p99, ms",
+            "p50 added vs direct",
+            "Proxy CPU-s per 1,000 req, saturated",
+            "Proxy vCPU per 1,000 req/s (fixed rate)",
+            "Proxy peak RSS",
+            "Errors",
+        ],
+        rows,
+    )
+    plot = proxy.get("plot") or {}
+    if plot.get("file"):
+        lines += [f"![Throughput and latency per case]({plot['file']})", ""]
+    elif plot.get("error"):
+        lines += [f"No plot: {plot['error']}.", ""]
+
+    # Targets.
+    t = proxy.get("target_results", {})
+    target_rows = []
+    if "hop_vs_nginx" in t:
+        per_core = t["hop_vs_nginx"].get("per_core_value")
+        target_rows.append(
+            [
+                "One sidecar hop >= 0.8x nginx's saturation throughput",
+                f"{t['hop_vs_nginx']['value']:.2f}x"
+                + (f" (per proxy CPU-second: {per_core:.2f}x)" if per_core is not None else ""),
+                _met(None if quick else t["hop_vs_nginx"]["met"]),
+            ]
+        )
+    if "mesh_added_p50_ms" in t:
+        target_rows.append(
+            [
+                "The mesh path adds <= 0.5 ms p50 at 1,000 req/s (vs direct)",
+                f"+{t['mesh_added_p50_ms']['value']:.3f} ms",
+                _met(None if quick else t["mesh_added_p50_ms"]["met"]),
+            ]
+        )
+    if "vcpu_per_1000_rps" in t:
+        per = t["vcpu_per_1000_rps"]["value"]
+        target_rows.append(
+            [
+                "<= 0.20 vCPU per 1,000 req/s per sidecar, mTLS and metrics on (mesh case)",
+                ", ".join(f"{k}: {_vcpu(v)}" for k, v in per.items()),
+                _met(None if quick else t["vcpu_per_1000_rps"]["met"]),
+            ]
+        )
+    if "rss_mib" in t:
+        rss = t["rss_mib"]["value"]
+        target_rows.append(
+            [
+                "RSS <= 40 MB (MiB) under load, per sidecar",
+                ", ".join(f"{k}: {_mib(v)}" for k, v in rss.items()),
+                _met(None if quick else t["rss_mib"]["met"]),
+            ]
+        )
+    if target_rows:
+        lines += ["Targets (issue 4):", ""]
+        lines += _table(["Target", "This run", "Met"], target_rows)
+        lines += [f"Anchor: {proxy['anchor']}." + (" Quick run: not judged." if quick else ""), ""]
+
+    # Per process.
+    proc_rows = []
+    for case in proxy["cases"]:
+        for p in case["proxies"]:
+            proc_rows.append(
+                [
+                    case["case"],
+                    p["process"],
+                    _num(p["saturation_cores"], "", 2),
+                    _num(p["cpu_s_per_1000_saturated"] * 1000, " µs", 1),
+                    _vcpu(p["cpu_s_per_1000_at_rate"]),
+                    _mib(p["peak_rss_mib_saturation"]),
+                    _mib(p["peak_rss_mib"]),
+                    _mib(p["rss_mib_end"]),
+                ]
+            )
+    if proc_rows:
+        lines += ["Per proxy process:", ""]
+        lines += _table(
+            [
+                "Case",
+                "Process",
+                "CPU while saturated, cores",
+                "CPU per request, saturated",
+                "vCPU per 1,000 req/s (fixed rate)",
+                "Peak RSS after saturation",
+                "Peak RSS after the case",
+                "RSS at the end",
+            ],
+            proc_rows,
+        )
+
+    # The load side.
+    gen_rows = []
+    for case in proxy["cases"]:
+        fixed = case["fixed_rate"]
+        lag = fixed["send_lag_ms"]
+        others = case["others_cpu_s"]
+        idle = case["idle_processes_cpu_s"]
+        gen_rows.append(
+            [
+                case["case"],
+                _num(case["generator"]["saturation_cores"], "", 2),
+                _num(case["backend"]["us_per_request"], " µs", 1),
+                f"{fixed['achieved_rps']:,.0f}",
+                f"{lag.get('p50', math.nan):.3f} / {lag.get('p99', math.nan):.3f}",
+                _num(fixed["client_cpu_s"], " s", 2),
+                str(fixed["connections_used"]),
+                f"{others['saturation']:.2f} / {others['fixed_rate']:.2f} s",
+                f"{idle['saturation']:.2f} / {idle['fixed_rate']:.2f} s",
+            ]
+        )
+    lines += ["The load side, and what else ran:", ""]
+    lines += _table(
+        [
+            "Case",
+            "Saturation generator CPU, cores",
+            "Backend CPU per request (saturated)",
+            "Fixed rate achieved, req/s",
+            "Send lag p50 / p99, ms",
+            "Fixed-rate client CPU",
+            "Connections used",
+            "Others' CPU (saturation / fixed rate)",
+            "Idle run processes' CPU",
+        ],
+        gen_rows,
+    )
+    direct = cases.get("direct")
+    if direct:
+        ceiling = direct["saturation"]["rps"]
+        fastest = max(
+            (c for c in proxy["cases"] if c["case"] != "direct"),
+            key=lambda c: c["saturation"]["rps"],
+            default=None,
+        )
+        sidecars = [c for c in proxy["cases"] if c["case"] in ("hop", "mesh")]
+        text = (
+            f"Headroom of the load side: *direct* reached {_num(ceiling)} req/s with the "
+            f"generator ({_num(direct['generator']['saturation_cores'], '', 2)} cores) and the "
+            "backend sharing one CPU; that is the most any case can show."
+        )
+        if fastest is not None:
+            text += (
+                f" The fastest proxy, {fastest['case']}, reached "
+                f"{fastest['saturation']['rps'] / ceiling:.0%} of it"
+                + (
+                    " (so its figure is a lower bound: the load side, not the proxy, may be "
+                    "the limit)"
+                    if fastest["saturation"]["rps"] > 0.8 * ceiling
+                    else ""
+                )
+                + "."
+            )
+        if sidecars:
+            best = max(c["saturation"]["rps"] for c in sidecars)
+            text += (
+                f" The sidecar cases reached at most {best / ceiling:.0%} of it: the "
+                "generator is far from saturating there."
+            )
+        lines += [
+            text + " The fixed-rate client's *send lag* (how late its timer woke for a "
+            "request) is part of every latency above, the same in every case.",
+            "",
+        ]
+    size_s = {"saturation": size["saturation_s"], "fixed_rate": size["rate_s"]}
+    disturbed = [
+        (c["case"], window, c["others_cpu_s"][window] / size_s[window])
+        for c in proxy["cases"]
+        for window in ("saturation", "fixed_rate")
+        if c["others_cpu_s"][window] / size_s[window] > DISTURBED_CORES
+    ]
+    if disturbed:
+        worst = max(disturbed, key=lambda d: d[2])
+        lines += [
+            f"**Disturbed run**: other work on the machine used more than "
+            f"{DISTURBED_CORES:.1f} of a core during {len(disturbed)} of the "
+            f"{2 * len(proxy['cases'])} measured windows (worst: {worst[2]:.2f} cores in "
+            f"{worst[0]}'s {worst[1].replace('_', ' ')} window). Throughput and latency tails "
+            "of those windows are lower and longer than on a quiet machine; *req per proxy "
+            "CPU-second* and the CPU per request are much less affected (a proxy's CPU time "
+            "counts only while it runs, though shared caches still cost it something)."
+            + (
+                f" Just before the run, other work used {proxy['busy_before_cores']:.2f} cores."
+                if "busy_before_cores" in proxy
+                else ""
+            ),
+            "",
+        ]
+    mesh = cases.get("mesh")
+    if mesh and mesh.get("metrics"):
+        parts = [
+            f"{label}: {m['requests_total']:,} requests ({', '.join(m['reporters'])}), "
+            f"{m['mutual_tls']:,} over mTLS, {m['non_200']:,} not 200"
+            for label, m in mesh["metrics"].items()
+        ]
+        lines += [
+            "The mesh case's sidecars' own `istio_requests_total` (since they started, warm-"
+            "ups included): " + "; ".join(parts) + ".",
+            "",
+        ]
+    if proxy.get("profile"):
+        lines += _proxy_profile(proxy["profile"])
+    lines += [f"The proxy benchmark took {_num(proxy.get('duration_s'), ' s', 0)}.", ""]
+    return lines
+
+
 def _how_to_read() -> list[str]:
     return [
         "## How to read this report",
@@ -860,6 +1277,12 @@ def _how_to_read() -> list[str]:
         "which pause the whole process.",
         "- CA signing: the embedded CA's rate is this process's alone; OpenBao's shares the "
         "2 cores between `bao` and the hvac client, whose CPU per sign is shown apart.",
+        "- Proxy: a proxy's saturation throughput is bounded by the load side when it nears "
+        "the *direct* figure (the load generator and the backend share one CPU); latency at "
+        "1,000 requests/s is measured from each request's scheduled send time, so it "
+        "includes the generator's own *send lag* (shown) and any stall of the machine: "
+        "*others' CPU* well above zero means other work shared the 2 cores. CPU per 1,000 "
+        "requests at the fixed rate is the vCPU a proxy needs per 1,000 requests/s.",
         "- Raw numbers, including every watcher's latency per round, are in "
         "`results.json` beside this file.",
         "",
@@ -883,6 +1306,7 @@ def render(results: Mapping[str, Any]) -> str:
         _push,
         _ca,
         _registry,
+        _proxy,
     ]
     for part in parts:
         lines += part(results)

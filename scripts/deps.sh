@@ -81,6 +81,33 @@ WRAP
     say "installed $("$bin/nginx" -v 2>&1) and $("$bin/haproxy" -v | head -n1 | cut -d' ' -f1-3) into $bin"
 fi
 
+# wrk: the proxy benchmark's saturation load generator (C, epoll; make bench), from
+# this machine's own Debian suite. Its LuaJIT, which a minimal system lacks, goes to
+# .deps/lib; .deps/bin/wrk is a wrapper that finds it there.
+# (wrk -v prints its version and exits 1.)
+wrk_runs() { case "$("$bin/wrk" -v 2>&1 || true)" in "wrk "*"[epoll]"*) return 0 ;; esac; return 1; }
+if [ -x "$bin/wrk" ] && wrk_runs; then
+    say "wrk present"
+else
+    suite=$(own_suite)
+    say "fetching wrk from Debian $suite (the proxy benchmark's load generator)"
+    debs=$(apt_fetch "$suite" wrk libluajit-5.1-2) \
+        || die "could not download wrk from Debian $suite; check the machine's apt sources"
+    tmp=$(mktemp -d)
+    for deb in "$debs"/wrk_*.deb "$debs"/libluajit-5.1-2_*.deb; do dpkg-deb -x "$deb" "$tmp"; done
+    mkdir -p "$root/.deps/lib"
+    cp -a "$tmp"/usr/lib/*/libluajit-5.1.so* "$root/.deps/lib/"
+    install -m 0755 "$tmp/usr/bin/wrk" "$root/.deps/lib/wrk.bin"
+    rm -rf "$tmp"
+    cat > "$bin/wrk" <<WRAP
+#!/bin/sh
+LD_LIBRARY_PATH="$root/.deps/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "$root/.deps/lib/wrk.bin" "\$@"
+WRAP
+    chmod 0755 "$bin/wrk"
+    wrk_runs || die "the downloaded wrk does not run on this machine: $("$bin/wrk" -v 2>&1 | head -n1)"
+    say "installed $("$bin/wrk" -v 2>&1 | head -n1 | cut -d" " -f1-2) into $bin"
+fi
+
 if [ -x "$bin/bao" ] && "$bin/bao" version >/dev/null 2>&1; then
     say "bao present: $("$bin/bao" version | head -n1)"
 else
