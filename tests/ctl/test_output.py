@@ -548,8 +548,7 @@ def test_proxy_summary() -> None:
     assert "  port 9090: mTLS PERMISSIVE\n  authorization: ALLOW default/allow-gw\n" in text
     assert (
         "Outbound HTTP (the sidecar's --outbound-port): 2 virtual host(s); "
-        "unknown hosts passthrough\n"
-        in text
+        "unknown hosts passthrough\n" in text
     )
     assert "  reviews.default.svc.cluster.local  [from VirtualService default/reviews]\n" in text
     assert (
