@@ -118,7 +118,13 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "the local outbound listener's port, for the proxy (default 15001)",
         "PORT",
     )
-    opt("--admin-port", "admin server port on 127.0.0.1 (default 15000)", "PORT")
+    opt("--admin-port", "admin server port (default 15000)", "PORT")
+    opt(
+        "--admin-address",
+        "the address the admin server binds (default 127.0.0.1; 0.0.0.0 to be scraped "
+        "from another host or container)",
+        "IP",
+    )
     opt("--protocol", "the application's protocol: http, http2, grpc or tcp (default http)", "P")
     opt("--labels", "instance labels that subsets select on, e.g. version=v1,track=a", "K=V,...")
     opt("--service-account", "identity's service account (default: the service name)", "NAME")

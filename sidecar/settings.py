@@ -109,9 +109,13 @@ class Settings:
     consul_token: str = ""
     consul_ca_file: Path | None = None
 
+    admin_address: str = "127.0.0.1"
+    """Where the admin server binds: loopback by default because it shows the whole
+    config; ``0.0.0.0`` lets a Prometheus on another host or container scrape it."""
+
     @property
     def admin_host(self) -> str:
-        return "127.0.0.1"
+        return self.admin_address
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,6 +493,14 @@ def build_settings(raw: Mapping[str, str | None]) -> Settings:
                 f"{flag} and {seen[port]} are both {port}; every port must be different"
             )
         seen[port] = flag
+    admin_address = text("admin_address") or "127.0.0.1"
+    try:
+        admin_address = str(ipaddress.ip_address(admin_address))
+    except ValueError as exc:
+        raise ConfigError(
+            f"{_where('--admin-address')}: {admin_address!r} is not an IP address; give "
+            "127.0.0.1 (the default) or the address Prometheus scrapes, e.g. 0.0.0.0"
+        ) from exc
     inbound_address = text("inbound_address") or "0.0.0.0"  # noqa: S104 — all addresses
     try:
         inbound_address = str(ipaddress.ip_address(inbound_address))
@@ -562,6 +574,7 @@ def build_settings(raw: Mapping[str, str | None]) -> Settings:
         poll_wait_s=poll_wait,
         log_level=log_level,
         inbound_address=inbound_address,
+        admin_address=admin_address,
         app_address=app_address,
         upstreams=upstreams,
         drain_timeout_s=drain_timeout,

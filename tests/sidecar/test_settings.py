@@ -67,6 +67,7 @@ def test_every_flag() -> None:
             "--inbound-port", "16006",
             "--outbound-port", "16001",
             "--admin-port", "16000",
+            "--admin-address", "0.0.0.0",
             "--protocol", "grpc",
             "--labels", "version=v2, track=canary",
             "--service-account", "reviews-sa",
@@ -80,6 +81,7 @@ def test_every_flag() -> None:
     assert s.instance_id == "reviews-7.shop"
     assert s.address == "198.18.0.7"
     assert (s.inbound_port, s.outbound_port, s.admin_port) == (16006, 16001, 16000)
+    assert s.admin_host == "0.0.0.0"
     assert s.protocol == "grpc"
     assert s.labels == (("track", "canary"), ("version", "v2"))
     assert s.service_account == "reviews-sa"
@@ -173,6 +175,7 @@ def test_help_explains_the_token_and_env(capsys: pytest.CaptureFixture[str]) -> 
         ([*REQUIRED, "--namespace", "a_b"], r"not a valid namespace"),
         ([*REQUIRED, "--protocol", "udp"], r"'udp' is not one of http, http2, grpc, tcp"),
         ([*REQUIRED, "--address", "reviews.local"], r"not an IP address"),
+        ([*REQUIRED, "--admin-address", "any"], r"--admin-address .* not an IP address"),
         ([*REQUIRED, "--meshd", "ftp://x"], r"not an https URL"),
         ([*REQUIRED, "--meshd", "https://user:pw@127.0.0.1"], r"must not carry credentials"),
         ([*REQUIRED, "--meshd", "http://198.18.0.1:15012"], r"meshd serves HTTPS only"),
