@@ -199,6 +199,23 @@ def _namespace_option(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _output_option(
+    parser: argparse.ArgumentParser,
+    *choices: str,
+    default: str | None = "",
+    help: str = "",
+) -> None:
+    """``-o/--output`` with CHOICES; the first is the default unless ``default`` says."""
+    chosen = choices[0] if default == "" else default
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=list(choices),
+        default=chosen,
+        help=help or f"output format (default {choices[0]})",
+    )
+
+
 def _file_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument(
         "-f",
@@ -282,13 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", nargs="?", help="one resource (default: all)")
     _namespace_option(p, "namespace to look in")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="list every namespace")
-    p.add_argument(
-        "-o",
-        "--output",
-        choices=["table", "yaml", "json", "name"],
-        default="table",
-        help="output format (default table)",
-    )
+    _output_option(p, "table", "yaml", "json", "name")
 
     p = cmds.add(
         "delete",
@@ -352,10 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     _namespace_option(p, "namespace of the resource")
     p.add_argument("--revision", metavar="N", type=_positive_int, help="print revision N")
-    p.add_argument(
-        "-o",
-        "--output",
-        choices=["table", "yaml", "json"],
+    _output_option(
+        p,
+        "table",
+        "yaml",
+        "json",
         default=None,
         help="output format (default: table; yaml with --revision)",
     )
@@ -403,13 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         """,
     )
     p.add_argument("proxy", metavar="PROXY", nargs="?", help="one proxy id (default: all)")
-    p.add_argument(
-        "-o",
-        "--output",
-        choices=["table", "yaml", "json", "name"],
-        default="table",
-        help="output format (default table)",
-    )
+    _output_option(p, "table", "yaml", "json", "name")
 
     p = cmds.add(
         "proxy-config",
@@ -426,13 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         """,
     )
     p.add_argument("proxy", metavar="PROXY", help="proxy id, as proxy-status lists it")
-    p.add_argument(
-        "-o",
-        "--output",
-        choices=["summary", "json", "yaml"],
-        default="summary",
-        help="output format (default summary)",
-    )
+    _output_option(p, "summary", "json", "yaml")
 
     p = cmds.add(
         "admin-token",
@@ -472,11 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--role", choices=["viewer", "editor", "admin"], default="viewer", help="default viewer"
     )
-    q.add_argument(
-        "-o",
-        "--output",
-        choices=["token", "json", "yaml"],
-        default="token",
+    _output_option(
+        q,
+        "token",
+        "json",
+        "yaml",
         help="token (default): just the token; json/yaml: the whole record",
     )
     q = tokens.add(
@@ -489,9 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
             meshctl admin-token list -o json
         """,
     )
-    q.add_argument(
-        "-o", "--output", choices=["table", "json", "yaml"], default="table", help="default table"
-    )
+    _output_option(q, "table", "json", "yaml")
     q = tokens.add(
         "revoke",
         commands.cmd_admin_token_revoke,
@@ -591,11 +589,11 @@ def _identity_commands(cmds: _Commands) -> None:
         action="store_true",
         help="usable by any number of instances until it expires (default: single-use)",
     )
-    q.add_argument(
-        "-o",
-        "--output",
-        choices=["token", "json", "yaml"],
-        default="token",
+    _output_option(
+        q,
+        "token",
+        "json",
+        "yaml",
         help="token (default): just the token; json/yaml: the whole record, token included",
     )
     q = tokens.add(
@@ -612,9 +610,7 @@ def _identity_commands(cmds: _Commands) -> None:
             meshctl token list -o json
         """,
     )
-    q.add_argument(
-        "-o", "--output", choices=["table", "json", "yaml"], default="table", help="default table"
-    )
+    _output_option(q, "table", "json", "yaml")
     q = tokens.add(
         "revoke",
         commands.cmd_token_revoke,
@@ -648,13 +644,7 @@ def _identity_commands(cmds: _Commands) -> None:
             meshctl certs -o yaml
         """,
     )
-    p.add_argument(
-        "-o",
-        "--output",
-        choices=["table", "json", "yaml"],
-        default="table",
-        help="output format (default table)",
-    )
+    _output_option(p, "table", "json", "yaml")
 
     p = cmds.add(
         "ca",
@@ -691,13 +681,7 @@ def _identity_commands(cmds: _Commands) -> None:
             meshctl ca status -o json | jq .rotation.phase
         """,
     )
-    q.add_argument(
-        "-o",
-        "--output",
-        choices=["text", "json", "yaml"],
-        default="text",
-        help="output format (default text)",
-    )
+    _output_option(q, "text", "json", "yaml")
     q = ca.add(
         "rotate",
         commands.cmd_ca_rotate,
@@ -720,12 +704,8 @@ def _identity_commands(cmds: _Commands) -> None:
         """,
     )
     q.add_argument("--wait", action="store_true", help="follow the rotation until it finishes")
-    q.add_argument(
-        "-o",
-        "--output",
-        choices=["text", "json", "yaml"],
-        default="text",
-        help="format of the status printed first (default text)",
+    _output_option(
+        q, "text", "json", "yaml", help="format of the status printed first (default text)"
     )
     q = ca.add(
         "trust",
