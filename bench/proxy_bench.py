@@ -1,6 +1,6 @@
 """Proxy benchmark: the sidecar's data plane beside nginx and HAProxy, in one run.
 
-Five cases, HTTP/1.1 keep-alive, ``GET /`` (no request body) answered with a 1 KiB
+Six cases, HTTP/1.1 keep-alive, ``GET /`` (no request body) answered with a 1 KiB
 body, all against the same backend (nginx 1.22, one worker, ``return 200`` of a fixed
 1 KiB body: ~150,000 requests/s on one core, so never the limit here):
 
@@ -12,7 +12,11 @@ body, all against the same backend (nginx 1.22, one worker, ``return 200`` of a 
    to by ``Host``, which is what nginx and HAProxy do too (one proxy, routing, a
    keep-alive upstream pool). This is the sidecar's client side alone;
 5. ``mesh``: load generator -> client sidecar (outbound) -> mTLS -> server sidecar
-   (inbound, STRICT) -> backend: the path every meshed request takes.
+   (inbound, STRICT) -> backend: the path every meshed request takes;
+6. ``hop2``: ``hop`` with ``mesh-sidecar run --workers 2`` (two processes on the
+   outbound port, SO_REUSEPORT). Not pinned: with two CPUs its second process can only
+   run beside the load generator and the backend, so this row shows what a second
+   process buys on this machine, not a clean 2-core figure.
 
 The sidecars are real ``mesh-sidecar run`` processes of a real ``meshd serve``
 (sqlite store, temporary data dir): join tokens, certificates from the embedded CA,
@@ -86,13 +90,14 @@ NAMESPACE = "bench"
 ORIGIN_HOST = "origin.bench"
 MIB = 2**20
 READY_TIMEOUT_S = 30.0
-CASES = ("direct", "nginx", "haproxy", "hop", "mesh")
+CASES = ("direct", "nginx", "haproxy", "hop", "mesh", "hop2")
 CASE_LABELS = {
     "direct": "direct (no proxy)",
     "nginx": "nginx 1.22 reverse proxy",
     "haproxy": "HAProxy 2.6, http mode",
     "hop": "one sidecar hop (outbound, plaintext)",
     "mesh": "mesh path (2 sidecars, mTLS)",
+    "hop2": "one sidecar hop, --workers 2 (not pinned)",
 }
 PROFILE_RATE_DIVISOR = 5
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -416,7 +421,9 @@ class Mesh:
             self._tokens[service] = str(reply.json()["token"])
         return self._tokens[service]
 
-    def sidecar(self, name: str, service: str, app_port: int, *, profile: bool = False) -> Sidecar:
+    def sidecar(
+        self, name: str, service: str, app_port: int, *, profile: bool = False, workers: int = 1
+    ) -> Sidecar:
         admin, inbound, outbound = free_port(), free_port(), free_port()
         state = self.workdir / f"state-{name}"
         run = [
@@ -434,6 +441,7 @@ class Mesh:
             "--state-dir", str(state),
             "--drain-timeout", "1",
             "--log-level", "warning",
+            "--workers", str(workers),
         ]  # fmt: skip
         profile_dir = self.workdir / f"profile-{name}" if profile else None
         if profile_dir is not None:
@@ -442,8 +450,10 @@ class Mesh:
                     "--profile-dir", str(profile_dir), "--", *run]  # fmt: skip
         else:
             argv = [sys.executable, "-m", "sidecar.cli", *run]
+        # Several workers pinned to the one proxy CPU would only take turns on it.
+        prefix = self.plan.prefix("proxy") if workers == 1 else []
         child = Child(
-            [*self.plan.prefix("proxy"), *argv],
+            [*prefix, *argv],
             name=name,
             log_dir=self.workdir,
             env={"MESH_TOKEN": self.token(service)},
@@ -724,7 +734,7 @@ def run(
             wait_serving(ha, port, ORIGIN_HOST, "HAProxy")
             todo.append(Case("haproxy", port, ORIGIN_HOST, [("haproxy", ha.pid)]))
         mesh: Mesh | None = None
-        if "hop" in cases or "mesh" in cases:
+        if "hop" in cases or "mesh" in cases or "hop2" in cases:
             progress("proxy", "starting meshd and the sidecars ...")
             mesh = Mesh(tmp, plan, stack)
             tracked.pids["meshd"] = mesh.meshd.pid
@@ -737,6 +747,9 @@ def run(
                 server = mesh.sidecar("server", "server", backend_port)
                 client = mesh.sidecar("client", "client", free_port())
                 started_sidecars += [("server", server), ("client", client)]
+            if "hop2" in cases:
+                hop2 = mesh.sidecar("hop2", "hop2", free_port(), workers=2)
+                started_sidecars.append(("hop2", hop2))
             for _, sc in started_sidecars:
                 sc.wait_ready()
             if "hop" in cases:
@@ -757,6 +770,17 @@ def run(
                             ("server sidecar", server.child.pid),
                         ],
                         [client, server],
+                    )
+                )
+            if "hop2" in cases:
+                wait_serving(hop2.child, hop2.outbound, ORIGIN_HOST, "the hop sidecar, 2 workers")
+                todo.append(
+                    Case(
+                        "hop2",
+                        hop2.outbound,
+                        ORIGIN_HOST,
+                        [("hop sidecar, 2 workers", hop2.child.pid)],
+                        [hop2],
                     )
                 )
             progress("proxy", f"meshd and {len(started_sidecars)} sidecars ready")
@@ -941,7 +965,7 @@ def plot(result: dict[str, Any], path: Path) -> dict[str, Any]:
     rps = [c["saturation"]["rps"] for c in cases]
     p50 = [c["fixed_rate"]["latency_ms"].get("p50", 0.0) for c in cases]
     p99 = [c["fixed_rate"]["latency_ms"].get("p99", 0.0) for c in cases]
-    colors = ["#999999", "#4c9a2a", "#2a6f9a", "#d9822b", "#c23b22"][: len(names)]
+    colors = ["#999999", "#4c9a2a", "#2a6f9a", "#d9822b", "#c23b22", "#8e44ad"][: len(names)]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     bars = left.bar(names, rps, color=colors)
     left.bar_label(bars, labels=[f"{v:,.0f}" for v in rps], fontsize=8)

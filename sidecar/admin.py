@@ -253,6 +253,27 @@ class ProxyView(Protocol):
     def not_ready_reason(self) -> str | None: ...
 
 
+class WorkersView(Protocol):
+    """The worker processes of ``--workers N``
+    (:class:`~sidecar.workers.supervisor.Supervisor`)."""
+
+    def not_ready_reason(self) -> str | None: ...
+
+    def workers_json(self) -> list[dict[str, Any]]: ...
+
+    def render_metrics(self) -> str:
+        """The Istio metrics summed over every process ("" before there are any)."""
+        ...
+
+    async def refresh(self) -> None:
+        """Get every worker's current counters (before a scrape)."""
+        ...
+
+
+REFRESHED_PATHS = frozenset(("/stats/prometheus", "/config_dump"))
+"""The endpoints that show the workers' counters: the workers are asked first."""
+
+
 def _iso_dt(when: datetime | None) -> str | None:
     if when is None:
         return None
@@ -272,8 +293,10 @@ class AdminApp:
         telemetry: TelemetryView | None = None,
         proxy: ProxyView | None = None,
         health: HealthView | None = None,
+        workers: WorkersView | None = None,
     ) -> None:
         self.settings = settings
+        self.workers = workers
         self.proxy_id = proxy_id
         self.store = store
         self.connectivity = connectivity
@@ -317,6 +340,8 @@ class AdminApp:
             reasons.append(f"no config yet ({why})")
         if self.proxy is not None and (proxy_reason := self.proxy.not_ready_reason()):
             reasons.append(proxy_reason)
+        if self.workers is not None and (workers_reason := self.workers.not_ready_reason()):
+            reasons.append(workers_reason)
         if not reasons:
             return Response(200, b"ready\n")
         return Response(503, f"not ready: {'; '.join(reasons)}\n".encode())
@@ -376,6 +401,8 @@ class AdminApp:
             else None,
             "snapshot": codec.to_plain(applied.snapshot) if applied else None,
         }
+        if self.workers is not None:
+            document["workers"] = self.workers.workers_json()
         body = json.dumps(document, indent=2, sort_keys=False).encode() + b"\n"
         return Response(200, body, JSON)
 
@@ -409,7 +436,9 @@ class AdminApp:
             ]
         lines += self.identity.prometheus_lines()
         text = "\n".join(lines) + "\n"
-        if self.telemetry is not None:  # the Istio request and TCP metrics
+        if self.workers is not None:  # the Istio metrics, summed over the processes
+            text += self.workers.render_metrics()
+        elif self.telemetry is not None:  # the Istio request and TCP metrics
             text += self.telemetry.render()
         return Response(200, text.encode(), PROMETHEUS)
 
@@ -502,6 +531,8 @@ class AdminServer:
                 await _linger(stream)
                 return
             keep_alive = head.keep_alive and not head.has_body
+            if self.app.workers is not None and head.path in REFRESHED_PATHS:
+                await self.app.workers.refresh()
             try:
                 response = self.app.handle(head)
             except Exception:  # a bug in one endpoint must not take the sidecar down

@@ -70,6 +70,7 @@ from typing import Any, Protocol
 
 import trio
 
+from meshd.compile.snapshot import ProxySnapshot
 from registry.base import DEFAULT_TTL_S
 from registry.consul import ConsulRegistry
 from registry.consul_http import ConsulClient
@@ -111,6 +112,7 @@ from sidecar.identity import Identity, IdentityError, IdentityManager
 from sidecar.proxy import ProxyServer, ProxyState, TelemetrySink
 from sidecar.settings import Settings, check_ca_file, derive_instance_id
 from sidecar.telemetry import AccessLog, Telemetry
+from sidecar.workers.supervisor import Supervisor
 
 log = logging.getLogger("sidecar")
 
@@ -349,6 +351,13 @@ class TrustRoots(Protocol):
     async def update_roots(self, roots: Sequence[str], trust_bundle: str = "") -> bool: ...
 
 
+class WorkerFanout(Protocol):
+    """The worker processes of ``--workers N`` (:class:`~sidecar.workers.supervisor.
+    Supervisor`): a snapshot is ACKed only once every one of them applied it."""
+
+    async def distribute(self, snapshot: ProxySnapshot) -> str | None: ...
+
+
 class Agent:
     """Keeps one proxy registered and its config current. Drive :meth:`control_loop`
     and :meth:`heartbeat` in a nursery; both run until cancelled. ``identity`` gets
@@ -358,7 +367,8 @@ class Agent:
     the app's health and a TTL of two check intervals, and a change of health be
     reported at once; without it the instance is reported healthy with the registry's
     default TTL. ``registrar`` is where the instance registers (default: meshd, through
-    ``client``)."""
+    ``client``). ``workers`` (``--workers`` > 1) gets every valid snapshot before this
+    process applies it; a worker's refusal is NACKed."""
 
     def __init__(
         self,
@@ -373,8 +383,10 @@ class Agent:
         backoff: Callable[[], Backoff] = Backoff,
         health: HealthChecker | None = None,
         registrar: Registrar | None = None,
+        workers: WorkerFanout | None = None,
     ) -> None:
         self.settings = settings
+        self.workers = workers
         self.proxy_id = proxy_id
         self.store = store
         self.client = client
@@ -628,6 +640,15 @@ class Agent:
             if self.store.confirm():
                 log.info("meshd confirmed the saved config version %s", snapshot.version)
             return
+        if self.workers is not None:
+            # Every worker first: the ACK (the next poll) must mean every process serves
+            # it, and a refusal must leave every process on the old version.
+            failure = await self.workers.distribute(snapshot)
+            if failure is not None:
+                await self.refuse(
+                    snapshot.version, InvalidSnapshot([failure], version=snapshot.version)
+                )
+                return
         self.store.apply(snapshot, "meshd")
         try:
             await trio.to_thread.run_sync(self.store.save, snapshot)
@@ -715,6 +736,12 @@ async def run(settings: Settings) -> None:
         upstreams=settings.upstreams,
         app_host=settings.app_address,
         telemetry=sink,
+        reuse_port=settings.workers > 1,
+    )
+    supervisor = (
+        Supervisor(settings, proxy_id, store, manager, proxy, lambda: sink.telemetry)
+        if settings.workers > 1
+        else None
     )
     access_log: AccessLog | None = None
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -733,13 +760,23 @@ async def run(settings: Settings) -> None:
                 heartbeat_s=settings.health.interval_s,
                 health=health,
                 registrar=registrar,
+                workers=supervisor,
             )
             app = AdminApp(
-                settings, proxy_id, store, connectivity, manager, proxy=proxy, health=agent
+                settings,
+                proxy_id,
+                store,
+                connectivity,
+                manager,
+                proxy=proxy,
+                health=agent,
+                workers=supervisor,
             )
             admin = AdminServer(app, settings.admin_host, settings.admin_port)
             await nursery.start(admin.serve)
             await nursery.start(proxy.serve, store)
+            if supervisor is not None:  # after our own bind: a taken port stops us first
+                await nursery.start(supervisor.run)
             await nursery.start(health.run)
             control = trio.CancelScope()
             nursery.start_soon(_watch_signals, signals, control, nursery.cancel_scope)
@@ -748,7 +785,7 @@ async def run(settings: Settings) -> None:
                     # Started under the control scope (a signal stops the wait for the
                     # first certificate), then renewing in the outer nursery until the end.
                     identity: Identity = await nursery.start(manager.run)
-                    access_log = open_access_log(settings.access_log)
+                    access_log = open_access_log(settings.access_log, shared=settings.workers > 1)
                     telemetry = Telemetry(
                         settings.service,
                         settings.namespace,
@@ -764,6 +801,8 @@ async def run(settings: Settings) -> None:
                 async with trio.open_nursery() as stopping:
                     # Peers learn we are leaving while requests in flight finish.
                     stopping.start_soon(proxy.drain, settings.drain_timeout_s)
+                    if supervisor is not None:
+                        stopping.start_soon(supervisor.drain, settings.drain_timeout_s)
                     if manager.current.value is not None:
                         stopping.start_soon(agent.deregister)
                     else:
@@ -815,14 +854,15 @@ async def open_registrar(
         yield ConsulRegistrar(ConsulRegistry(consul))
 
 
-def open_access_log(where: str) -> AccessLog | None:
-    """``--access-log``: None (off), ``-`` (standard output) or a file appended to."""
+def open_access_log(where: str, *, shared: bool = False) -> AccessLog | None:
+    """``--access-log``: None (off), ``-`` (standard output) or a file appended to
+    (``shared``: by the worker processes too, in whole lines)."""
     if not where:
         return None
     if where == "-":
         return AccessLog(sys.stdout)
     try:
-        return AccessLog.to_path(where)
+        return AccessLog.to_path(where, shared=shared)
     except OSError as exc:
         raise ConfigError(
             f"--access-log (or MESH_ACCESS_LOG): cannot open {where}: {exc.strerror or exc}; "

@@ -36,7 +36,8 @@ certificate (mTLS). It proxies the service's traffic: the inbound port (mTLS, or
 also plaintext in PERMISSIVE mode) forwards to the app on 127.0.0.1, the outbound HTTP
 port (HTTP_PROXY=http://127.0.0.1:15001) routes the app's calls by Host, and each
 --upstream relays a TCP service. SIGTERM drains: nothing new is accepted and requests
-in flight get --drain-timeout to finish.
+in flight get --drain-timeout to finish. --workers N serves the proxy's ports from N
+processes (SO_REUSEPORT) to use N cores.
 """
 
 EPILOG = f"""\
@@ -209,6 +210,15 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "--consul-ca-file",
         "with --registry consul over https://: the CA bundle that verifies the agent",
         "PEM",
+    )
+    opt(
+        "--workers",
+        "processes serving the inbound, outbound and --upstream ports (default 1). N > 1 "
+        "starts N-1 worker processes that bind the same ports with SO_REUSEPORT (the "
+        "kernel spreads connections over them) and serve the same config and certificate; "
+        "the main process also talks to meshd and runs the admin port, whose metrics are "
+        "the sum over all of them (1-64)",
+        "N",
     )
     opt("--poll-wait", "seconds each config long-poll waits for a change (default 30)", "S")
     opt("--log-level", "debug, info, warning or error (default info)", "LEVEL")

@@ -549,6 +549,12 @@ class IdentityManager:
             ]
         return out
 
+    def private_key_pem(self) -> str:
+        """The current certificate's private key (PKCS#8 PEM; "" before the first one).
+        Only for the sidecar's own worker processes (``--workers``), which get it over
+        their private socketpair: it never goes anywhere else."""
+        return self._key_pem
+
     def control_plane_context(self) -> ssl.SSLContext:
         """The context for HTTPS to meshd: the current identity's (mTLS) while it holds
         an unexpired certificate; before that, one that verifies meshd without

@@ -53,6 +53,9 @@ PROTOCOLS = ("http", "http2", "grpc", "tcp")
 REGISTRIES = ("meshd", "consul")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 STATE_ROOT = Path("/var/lib/mesh-sidecar")
+MAX_WORKERS = 64
+"""More processes than this would not find a core each on any machine a sidecar runs on,
+and each one costs its own memory and config compile."""
 
 Protocol = Literal["http", "http2", "grpc", "tcp"]
 RegistryKind = Literal["meshd", "consul"]
@@ -112,6 +115,9 @@ class Settings:
     admin_address: str = "127.0.0.1"
     """Where the admin server binds: loopback by default because it shows the whole
     config; ``0.0.0.0`` lets a Prometheus on another host or container scrape it."""
+    workers: int = 1
+    """Processes serving the proxy's listeners (``--workers``): the main one and
+    ``workers - 1`` children sharing its ports with SO_REUSEPORT."""
 
     @property
     def admin_host(self) -> str:
@@ -553,6 +559,13 @@ def build_settings(raw: Mapping[str, str | None]) -> Settings:
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"{_where('--log-level')}: {log_level!r} is not one of {LOG_LEVELS}")
     state_dir = Path(text("state_dir")) if text("state_dir") else None
+    workers_text = text("workers") or "1"
+    if not workers_text.isdigit() or not 1 <= int(workers_text) <= MAX_WORKERS:
+        raise ConfigError(
+            f"{_where('--workers')}: {workers_text!r} is not a number of processes from 1 "
+            f"to {MAX_WORKERS}; 1 (the default) serves everything in one process, N adds "
+            "N-1 worker processes on the same ports (about one per core to use)"
+        )
     health = parse_health(raw)
     registry, consul_addr, consul_token, consul_ca_file = parse_registry(raw)
     return Settings(
@@ -584,4 +597,5 @@ def build_settings(raw: Mapping[str, str | None]) -> Settings:
         consul_addr=consul_addr,
         consul_token=consul_token,
         consul_ca_file=consul_ca_file,
+        workers=int(workers_text),
     )

@@ -179,11 +179,16 @@ def build_contexts(
     *,
     ca_pem: str = "",
     alpn: Sequence[str] = DEFAULT_ALPN,
+    keep: bool = True,
 ) -> TlsContexts:
     """Write ``credentials_pem`` (private key, leaf, intermediates) to the private dir
     and load the three contexts from it; the control-plane context also trusts
     ``ca_pem``. Blocking: run it in a worker thread. Raises OSError (the file) or
-    ssl.SSLError (key and certificate do not match, bad PEM)."""
+    ssl.SSLError (key and certificate do not match, bad PEM).
+
+    ``keep=False`` (the worker processes of ``--workers``): the temporary file is
+    removed once loaded instead of becoming ``credentials.pem``, so only the main
+    process owns that file and a worker leaves no copy of the key behind."""
     directory = prepare_material_dir(state_dir)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{CREDENTIALS_FILE}.", suffix=".tmp")
     try:
@@ -198,6 +203,8 @@ def build_contexts(
             client=client_context(path, roots, alpn),
             control=control_plane_context(roots, ca_pem=ca_pem, credentials=path),
         )
+        if not keep:
+            return contexts  # the finally clause unlinks the temporary file
         os.replace(tmp, directory / CREDENTIALS_FILE)
         tmp = ""
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_readable
 
+from meshd.compile.snapshot import ProxySnapshot
 from registry.latest import Latest
 from sidecar.config_store import ConfigStore
 from sidecar.identity import Identity
@@ -63,11 +64,17 @@ _TRANSIENT = frozenset((errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EIN
 ConnectionHandler = Callable[[TcpStream, tuple[str, int]], Awaitable[None]]
 
 
-def _listen(host: str, port: int, what: str, hint: str) -> socket.socket:
+def _listen(
+    host: str, port: int, what: str, hint: str, *, reuse_port: bool = False
+) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # --workers: every process binds the same ports; the kernel spreads new
+            # connections over their listening sockets.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(BACKLOG)
         sock.setblocking(False)
@@ -97,6 +104,7 @@ class ProxyServer:
         telemetry: TelemetrySink | None = None,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         limits: Limits | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.state = state
         self.identity = identity
@@ -106,11 +114,13 @@ class ProxyServer:
         self.upstreams = tuple(upstreams)
         self.app_host = app_host
         self.idle_timeout_s = idle_timeout_s
+        self.reuse_port = reuse_port
         self.ctx = ProxyContext(Pools(identity), telemetry, rng=state.rng, limits=limits)
         self.listening = False
         self.ports: dict[str, int] = {}
         self.accept_failures = 0
         self.connection_errors = 0
+        self.connections_total = 0
         self._active = 0
         self._idle = trio.Event()
         self._accepting = trio.CancelScope()
@@ -137,6 +147,15 @@ class ProxyServer:
             return "the proxy listeners are not up yet"
         return None
 
+    def apply(self, snapshot: ProxySnapshot) -> ProxyConfig:
+        """Compile ``snapshot`` and swap it in now, as following a store does (a worker
+        process of ``--workers`` applies what the main process sends this way, and
+        must know whether it compiled). Raises whatever compiling raises; the old
+        config stays then."""
+        config = self.state.apply(snapshot)
+        self._on_swap(config)
+        return config
+
     # --- running ------------------------------------------------------------------------------
 
     def _bind(self) -> list[tuple[socket.socket, str, ConnectionHandler]]:
@@ -146,11 +165,13 @@ class ProxyServer:
             inbound_sock = _listen(
                 self.inbound_host, self.inbound_port, "inbound",
                 "choose a free port with --inbound-port (MESH_INBOUND_PORT)",
+                reuse_port=self.reuse_port,
             )  # fmt: skip
             bound.append((inbound_sock, "inbound", self._inbound_handler(inbound_sock)))
             outbound_sock = _listen(
                 "127.0.0.1", self.outbound_port, "outbound",
                 "choose a free port with --outbound-port (MESH_OUTBOUND_PORT)",
+                reuse_port=self.reuse_port,
             )  # fmt: skip
             port = int(outbound_sock.getsockname()[1])
             self.outbound = OutboundListener(ctx, state, listen_port=port)
@@ -159,6 +180,7 @@ class ProxyServer:
                 sock = _listen(
                     "127.0.0.1", spec.local_port, f"--upstream {spec}",
                     "choose a free local port in --upstream NAME=LOCALPORT",
+                    reuse_port=self.reuse_port,
                 )  # fmt: skip
                 handler = TcpUpstreamListener(ctx, state, spec.name, spec.port)
                 bound.append((sock, f"upstream {spec.name}", handler.connection))
@@ -270,6 +292,7 @@ class ProxyServer:
         self, handler: ConnectionHandler, sock: socket.socket, address: tuple[str, int]
     ) -> None:
         self._active += 1
+        self.connections_total += 1
         tcp = TcpStream(sock)
         try:
             await handler(tcp, (str(address[0]), int(address[1])))

@@ -19,12 +19,13 @@ request path.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Final, Protocol
+from typing import Final, Protocol
 
 from sidecar.telemetry.labels import Reporter, RequestRecord
 
@@ -71,6 +72,54 @@ class TextSink(Protocol):
     def flush(self) -> object: ...
 
 
+class OwnedSink(TextSink, Protocol):
+    """A sink the access log opened itself and closes."""
+
+    def close(self) -> object: ...
+
+
+SHARED_BUFFER_BYTES: Final = 64 * 1024
+
+
+class SharedAppendFile:
+    """A file several processes append to (``--workers``): lines are kept until
+    :meth:`flush` (or until 64 KiB are pending) and go out in ONE ``write`` on an
+    ``O_APPEND`` descriptor. A buffered text file may split a line over two writes,
+    and another process's line could land between the halves; one append-mode write
+    of whole lines to a regular file is never interleaved with another."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._pending: list[str] = []
+        self._size = 0
+
+    def write(self, text: str, /) -> int:
+        self._pending.append(text)
+        self._size += len(text)
+        if self._size >= SHARED_BUFFER_BYTES:
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        data = memoryview("".join(self._pending).encode())
+        self._pending.clear()
+        self._size = 0
+        if self._fd < 0:
+            raise ValueError("the access log file is closed")
+        while data:  # a short write only happens when the disk fills up
+            data = data[os.write(self._fd, data) :]
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
 def _s(value: str | None) -> str:
     return "null" if value is None else encode_basestring_ascii(value)
 
@@ -95,16 +144,24 @@ class AccessLog:
         self.errors = 0
         self._clock = clock
         self._flushed_at = clock()
-        self._owned: IO[str] | None = None
+        self._owned: OwnedSink | None = None
         self._second = -1
         self._second_text = ""
 
     @classmethod
     def to_path(
-        cls, path: Path | str, *, flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
+        cls,
+        path: Path | str,
+        *,
+        flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
+        shared: bool = False,
     ) -> AccessLog:
-        """An access log appending to the file at ``path`` (closed by :meth:`close`)."""
-        handle = Path(path).open("a", encoding="utf-8")  # noqa: SIM115 — closed by close()
+        """An access log appending to the file at ``path`` (closed by :meth:`close`).
+        ``shared``: other processes append to the same file (see
+        :class:`SharedAppendFile`)."""
+        handle: OwnedSink = (
+            SharedAppendFile(path) if shared else Path(path).open("a", encoding="utf-8")  # noqa: SIM115 — closed by close()
+        )
         access_log = cls(handle, flush_interval_s=flush_interval_s)
         access_log._owned = handle
         return access_log

@@ -16,7 +16,8 @@ observation whose new label set would pass the cap is not recorded; it is counte
 a new principal per connection, say) can grow neither the sidecar's memory nor a scrape
 (about 1 KB per series with Istio's 25 labels).
 
-Single-threaded by design: one event loop per process calls it.
+Single-threaded by design: one event loop per process calls it. With ``--workers N``
+every process has its own; :class:`MetricState` and :func:`merge_states` sum them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from sidecar.telemetry.access_log import AccessLog
@@ -330,40 +332,105 @@ class Telemetry:
 
     # --- the scrape ---------------------------------------------------------------------
 
+    def state(self) -> MetricState:
+        """What :meth:`render` shows, keyed by rendered label set. The value lists are the
+        live ones (no copy): encode or render the state before the next request."""
+        return MetricState(
+            http={self._http_labels[k]: v for k, v in self._http.items()},
+            tcp={self._tcp_labels[k]: v for k, v in self._tcp.items()},
+            dropped=self.dropped,
+            access_log_errors=None if self.access_log is None else self.access_log.errors,
+        )
+
     def render(self) -> str:
         """Every metric in Prometheus text format 0.0.4 (``# HELP``, ``# TYPE``, then the
         samples; histograms as cumulative ``_bucket{le=...}``, ``_sum``, ``_count``)."""
-        out: list[str] = []
-        http = [(self._http_labels[k], v) for k, v in self._http.items()]
-        _header(out, "istio_requests_total", "counter")
-        out += [f"istio_requests_total{{{labels}}} {v[_COUNT]}\n" for labels, v in http]
-        for name, at, total in (
-            ("istio_request_duration_milliseconds", _DURATION_AT, _DURATION_SUM),
-            ("istio_request_bytes", _REQUEST_AT, _REQUEST_SUM),
-            ("istio_response_bytes", _RESPONSE_AT, _RESPONSE_SUM),
-        ):
-            _header(out, name, "histogram")
-            for labels, v in http:
-                _histogram(out, name, labels, v[at : at + _NB], v[total], v[_COUNT])
+        return render_state(self.state())
 
-        tcp = [(self._tcp_labels[k], v) for k, v in self._tcp.items()]
-        for name, slot in (
-            ("istio_tcp_sent_bytes_total", _SENT),
-            ("istio_tcp_received_bytes_total", _RECEIVED),
-            ("istio_tcp_connections_opened_total", _OPENED),
-            ("istio_tcp_connections_closed_total", _CLOSED),
-        ):
-            _header(out, name, "counter")
-            out += [f"{name}{{{labels}}} {v[slot]}\n" for labels, v in tcp]
 
-        _header(out, "mesh_sidecar_metric_series", "gauge")
-        out.append(f"mesh_sidecar_metric_series {self.series}\n")
-        _header(out, "mesh_sidecar_metric_series_dropped_total", "counter")
-        out.append(f"mesh_sidecar_metric_series_dropped_total {self.dropped}\n")
-        if self.access_log is not None:
-            _header(out, "mesh_sidecar_access_log_write_errors_total", "counter")
-            out.append(f"mesh_sidecar_access_log_write_errors_total {self.access_log.errors}\n")
-        return "".join(out)
+@dataclass(frozen=True, slots=True)
+class MetricState:
+    """The Istio metrics of one process, keyed by rendered label set (the identity of a
+    Prometheus series): what a worker process sends the main one, which sums them with
+    :func:`merge_states`. ``access_log_errors`` is None without an access log."""
+
+    http: dict[str, list[float]]
+    tcp: dict[str, list[int]]
+    dropped: int = 0
+    access_log_errors: int | None = None
+
+    @property
+    def series(self) -> int:
+        return len(self.http) * HTTP_SERIES_PER_LABEL_SET + len(self.tcp) * TCP_SERIES_PER_LABEL_SET
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests counted (all label sets)."""
+        return int(sum(v[_COUNT] for v in self.http.values()))
+
+
+def merge_states(states: Iterable[MetricState]) -> MetricState:
+    """The sum of several processes' metrics: counters, histogram buckets, sums and
+    counts add up per label set (every process uses the same buckets). Pure; the inputs
+    are not changed."""
+    http: dict[str, list[float]] = {}
+    tcp: dict[str, list[int]] = {}
+    dropped = 0
+    errors: int | None = None
+    for state in states:
+        for labels, values in state.http.items():
+            into = http.get(labels)
+            if into is None:
+                http[labels] = list(values)
+            else:
+                for i, value in enumerate(values):
+                    into[i] += value
+        for labels, counts in state.tcp.items():
+            tcp_into = tcp.get(labels)
+            if tcp_into is None:
+                tcp[labels] = list(counts)
+            else:
+                for i, count in enumerate(counts):
+                    tcp_into[i] += count
+        dropped += state.dropped
+        if state.access_log_errors is not None:
+            errors = (errors or 0) + state.access_log_errors
+    return MetricState(http, tcp, dropped, errors)
+
+
+def render_state(state: MetricState) -> str:
+    """``state`` in Prometheus text format 0.0.4 (see :meth:`Telemetry.render`)."""
+    out: list[str] = []
+    http = list(state.http.items())
+    _header(out, "istio_requests_total", "counter")
+    out += [f"istio_requests_total{{{labels}}} {v[_COUNT]}\n" for labels, v in http]
+    for name, at, total in (
+        ("istio_request_duration_milliseconds", _DURATION_AT, _DURATION_SUM),
+        ("istio_request_bytes", _REQUEST_AT, _REQUEST_SUM),
+        ("istio_response_bytes", _RESPONSE_AT, _RESPONSE_SUM),
+    ):
+        _header(out, name, "histogram")
+        for labels, v in http:
+            _histogram(out, name, labels, v[at : at + _NB], v[total], v[_COUNT])
+
+    tcp = list(state.tcp.items())
+    for name, slot in (
+        ("istio_tcp_sent_bytes_total", _SENT),
+        ("istio_tcp_received_bytes_total", _RECEIVED),
+        ("istio_tcp_connections_opened_total", _OPENED),
+        ("istio_tcp_connections_closed_total", _CLOSED),
+    ):
+        _header(out, name, "counter")
+        out += [f"{name}{{{labels}}} {v[slot]}\n" for labels, v in tcp]
+
+    _header(out, "mesh_sidecar_metric_series", "gauge")
+    out.append(f"mesh_sidecar_metric_series {state.series}\n")
+    _header(out, "mesh_sidecar_metric_series_dropped_total", "counter")
+    out.append(f"mesh_sidecar_metric_series_dropped_total {state.dropped}\n")
+    if state.access_log_errors is not None:
+        _header(out, "mesh_sidecar_access_log_write_errors_total", "counter")
+        out.append(f"mesh_sidecar_access_log_write_errors_total {state.access_log_errors}\n")
+    return "".join(out)
 
 
 def _histogram(
