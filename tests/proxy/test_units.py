@@ -4,6 +4,7 @@ idle sweep), and config compilation (effective mTLS mode, ``--upstream`` names).
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from sidecar.protocol import DONE, EndOfMessage, Headers, Request, Response
 from sidecar.proxy.config import ProxyState, effective_mode, tcp_candidates
 from sidecar.proxy.forwarding import (
     new_request_id,
+    new_traceparent,
     request_fields,
     response_fields,
     valid_traceparent,
@@ -87,6 +89,17 @@ def test_request_fields_drop_hop_by_hop_and_add_forwarding_headers() -> None:
     assert (b"connection", b"upgrade") in up
     assert (b"upgrade", b"websocket") in up
     assert (b"x-forwarded-proto", b"https") in up
+
+
+def test_generated_ids_are_uuid4_and_valid_trace_contexts() -> None:
+    ids = {new_request_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for rid in ids:
+        parsed = uuid.UUID(rid.decode())
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed).encode() == rid
+    for _ in range(2000):
+        assert valid_traceparent(new_traceparent())
 
 
 def test_traceparent_validation() -> None:
