@@ -68,6 +68,10 @@ def test_consul_instances_reach_services_and_proxies(
         for n in (1, 2)
     }
     meshd = meshd_factory(tmp_path / "meshd", extra_args=consul_args(consul_agent)).start()
+    # As the instances' sidecars would: a loaded machine may take longer than the TTL
+    # to start meshd.
+    for check in checks.values():
+        consul_put(consul_agent, f"/v1/agent/check/pass/{check}")
     with meshd.client() as api:
         # /v1/services: the backend, instances, health, labels, and who sees the service.
         body = api.get(f"/v1/services/{api_svc}", params={"namespace": ns}).json()
