@@ -112,8 +112,12 @@ def test_two_workers_serve_sum_metrics_gate_acks_restart_and_drain(mesh: Mesh) -
             table = workers(sidecar)
             assert [w["worker"] for w in table] == [0, 1], table
             assert all(w["state"] == "serving" for w in table), table
-            assert all(w["connections"] > 0 for w in table), table
-            assert all(w["requests"] > 0 for w in table), table
+            if sidecar is client:
+                # Fresh connections from the test spread over both processes; web's come
+                # from the client's keep-alive pools, a few that the kernel may well
+                # hand to one process.
+                assert all(w["connections"] > 0 for w in table), table
+                assert all(w["requests"] > 0 for w in table), table
             assert table[0]["pid"] != table[1]["pid"], table
             # The join token stays with the main process (a worker never talks to meshd).
             assert b"MESH_TOKEN=" not in Path(f"/proc/{table[1]['pid']}/environ").read_bytes()
