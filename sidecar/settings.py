@@ -149,6 +149,14 @@ def parse_port(flag: str, text: str) -> int:
     return int(value)
 
 
+def parse_ip(flag: str, text: str, what: str) -> str:
+    """An IP address flag in its canonical form; ``what`` says what it is for."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError as exc:
+        raise ConfigError(f"{_where(flag)}: {text!r} is not an IP address; give {what}") from exc
+
+
 def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
     """``version=v1,track=stable`` -> sorted pairs. Keys and values follow Kubernetes'
     label syntax (subsets select on them, and rules copied from Kubernetes must match)."""
@@ -474,14 +482,11 @@ def build_settings(raw: Mapping[str, str | None]) -> Settings:
             f"{_where('--id')}: {instance_id!r} is not a valid instance id: lowercase "
             "letters, digits, '-' and '.', e.g. reviews-1.default"
         )
-    address = text("address") or "127.0.0.1"
-    try:
-        address = str(ipaddress.ip_address(address))
-    except ValueError as exc:
-        raise ConfigError(
-            f"{_where('--address')}: {address!r} is not an IP address; give the address "
-            "peers reach this instance at (e.g. 198.18.0.5)"
-        ) from exc
+    address = parse_ip(
+        "--address",
+        text("address") or "127.0.0.1",
+        "the address peers reach this instance at (e.g. 198.18.0.5)",
+    )
     ports = {
         flag: parse_port(flag, text(flag.lstrip("-").replace("-", "_")) or default)
         for flag, default in (
@@ -499,30 +504,21 @@ def build_settings(raw: Mapping[str, str | None]) -> Settings:
                 f"{flag} and {seen[port]} are both {port}; every port must be different"
             )
         seen[port] = flag
-    admin_address = text("admin_address") or "127.0.0.1"
-    try:
-        admin_address = str(ipaddress.ip_address(admin_address))
-    except ValueError as exc:
-        raise ConfigError(
-            f"{_where('--admin-address')}: {admin_address!r} is not an IP address; give "
-            "127.0.0.1 (the default) or the address Prometheus scrapes, e.g. 0.0.0.0"
-        ) from exc
-    inbound_address = text("inbound_address") or "0.0.0.0"  # noqa: S104 — all addresses
-    try:
-        inbound_address = str(ipaddress.ip_address(inbound_address))
-    except ValueError as exc:
-        raise ConfigError(
-            f"{_where('--inbound-address')}: {inbound_address!r} is not an IP address; give "
-            "the address the inbound listener binds (default 0.0.0.0: all of them)"
-        ) from exc
-    app_address = text("app_address") or "127.0.0.1"
-    try:
-        app_address = str(ipaddress.ip_address(app_address))
-    except ValueError as exc:
-        raise ConfigError(
-            f"{_where('--app-address')}: {app_address!r} is not an IP address; give the "
-            "address the application listens on (default 127.0.0.1)"
-        ) from exc
+    admin_address = parse_ip(
+        "--admin-address",
+        text("admin_address") or "127.0.0.1",
+        "127.0.0.1 (the default) or the address Prometheus scrapes, e.g. 0.0.0.0",
+    )
+    inbound_address = parse_ip(
+        "--inbound-address",
+        text("inbound_address") or "0.0.0.0",  # noqa: S104 — all addresses
+        "the address the inbound listener binds (default 0.0.0.0: all of them)",
+    )
+    app_address = parse_ip(
+        "--app-address",
+        text("app_address") or "127.0.0.1",
+        "the address the application listens on (default 127.0.0.1)",
+    )
     drain_text = text("drain_timeout") or "5"
     try:
         drain_timeout = float(drain_text)
