@@ -172,7 +172,11 @@ class InboundListener:
             stream.close()
             return
         sink.tcp_opened(labels)
-        received, sent = await relay(stream, app.stream)
+        received, sent = await relay(
+            stream,
+            app.stream,
+            progress=lambda received, sent: sink.tcp_transferred(labels, sent, received),
+        )
         sink.tcp_closed(labels, sent, received)
 
     async def handle(self, ds: Downstream, request: Request) -> None:

@@ -392,7 +392,11 @@ class TcpUpstreamListener:
         if target.load is not None:
             target.load.active += 1
         try:
-            received, sent = await relay(tcp, up.stream)
+            received, sent = await relay(
+                tcp,
+                up.stream,
+                progress=lambda received, sent: sink.tcp_transferred(labels, sent, received),
+            )
         finally:
             if target.load is not None:
                 target.load.active -= 1

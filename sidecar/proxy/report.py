@@ -168,6 +168,10 @@ class TelemetrySink:
         if self.telemetry is not None:
             self.telemetry.tcp_opened(labels)
 
+    def tcp_transferred(self, labels: TcpLabels, sent: int, received: int) -> None:
+        if self.telemetry is not None:
+            self.telemetry.tcp_transferred(labels, sent, received)
+
     def tcp_closed(self, labels: TcpLabels, sent: int, received: int) -> None:
         if self.telemetry is not None:
             self.telemetry.tcp_closed(labels, sent, received)

