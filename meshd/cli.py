@@ -12,6 +12,7 @@ from pathlib import Path
 from meshd import __version__
 from meshd.config import Settings, VaultSettings, parse_listen
 from meshd.errors import ConfigError, MeshError
+from meshd.fdlimit import raise_open_file_limit
 from meshd.schema.base import duration_ms
 
 ENV_PREFIX = "MESHD_"
@@ -207,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.check()
         from meshd.server import serve  # noqa: PLC0415 — deferred so `meshd --help` stays fast
 
+        raise_open_file_limit()
         serve(settings)
     except ConfigError as exc:
         print(f"meshd: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import trio
 
+from meshd.fdlimit import raise_open_file_limit
 from sidecar import __version__, agent
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.settings import DEFAULT_MESHD_URL, STATE_ROOT, build_settings, env_name
@@ -260,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.log_level != "debug":
         for noisy in ("httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    raise_open_file_limit()
     try:
         trio.run(agent.run, settings)
     except KeyboardInterrupt:
