@@ -161,7 +161,8 @@ async def test_services_beyond_the_watch_budget_are_still_followed(
     consul_agent: ConsulAgent, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One blocking query per service for 1 service only: the others go through
-    /v1/health/state/any and re-reads on registration changes."""
+    /v1/health/state/any and re-reads on registration changes. The bounds are loose: the
+    session's Consul agent also holds other tests' services, re-read with these."""
     caplog.set_level(logging.WARNING, "registry.consul")
 
     def inst(name: str, n: int) -> Instance:
@@ -189,7 +190,7 @@ async def test_services_beyond_the_watch_budget_are_still_followed(
                     reg,
                     "all unhealthy",
                     lambda v: all(not v.find(inst(n, 1).id).healthy for n in "abc"),  # type: ignore[union-attr]
-                    within=5,
+                    within=15,
                 )
                 # New instances and new services: through the catalog's index.
                 await writer.register(inst("c", 2), ttl_s=60)
@@ -198,10 +199,10 @@ async def test_services_beyond_the_watch_budget_are_still_followed(
                     reg,
                     "c-2 and d-1",
                     lambda v: bool(v.find(inst("c", 2).id) and v.find(inst("d", 1).id)),
-                    within=5,
+                    within=15,
                 )
                 await writer.deregister(inst("b", 1).id)
-                await until(reg, "b gone", lambda v: v.find(inst("b", 1).id) is None, within=5)
+                await until(reg, "b gone", lambda v: v.find(inst("b", 1).id) is None, within=15)
         finally:
             await cleanup(client, prefix)
 
