@@ -18,6 +18,7 @@ from collections.abc import Callable
 from meshd.compile import snapshot as s
 from sidecar.filters.authz import Attributes, compile_authz, evaluate
 from sidecar.lb.balancers import LoadRegistry, build_balancer
+from sidecar.microbench import best_seconds_per_call
 from sidecar.routing.request import RequestView
 from sidecar.routing.retry import Failure, compile_retry, should_retry
 from sidecar.routing.route import pick_cluster, rewritten_target, route
@@ -88,23 +89,7 @@ def _outbound() -> s.OutboundConfig:
 
 
 def _per_call_us(fn: Callable[[], object], seconds: float) -> float:
-    n = 1000
-    while True:  # calibrate to about a tenth of the time asked for
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        took = time.perf_counter() - start
-        if took > seconds / 10:
-            break
-        n *= 2
-    runs = max(1, int(n * seconds / max(took, 1e-9)))
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(runs):
-            fn()
-        best = min(best, (time.perf_counter() - start) / runs)
-    return best * 1e6
+    return best_seconds_per_call(fn, seconds, first_n=1000) * 1e6
 
 
 def main() -> None:

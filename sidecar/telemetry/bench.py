@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sidecar.microbench import best_seconds_per_call
 from sidecar.telemetry.access_log import AccessLog
 from sidecar.telemetry.labels import (
     Reporter,
@@ -36,23 +37,7 @@ FLAGS = (ResponseFlag.NONE, ResponseFlag.UPSTREAM_REQUEST_TIMEOUT)
 
 def _ns_per_item(run_batch: Callable[[], object], seconds: float) -> float:
     """Best of three: ns per item of a batch of :data:`BATCH` items."""
-    n = 1
-    while True:  # calibrate to about a tenth of the time asked for
-        start = time.perf_counter()
-        for _ in range(n):
-            run_batch()
-        took = time.perf_counter() - start
-        if took > seconds / 10:
-            break
-        n *= 2
-    runs = max(1, int(n * seconds / max(took, 1e-9)))
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(runs):
-            run_batch()
-        best = min(best, (time.perf_counter() - start) / runs)
-    return best / BATCH * 1e9
+    return best_seconds_per_call(run_batch, seconds) / BATCH * 1e9
 
 
 def _records(*, full: bool) -> list[RequestRecord]:
