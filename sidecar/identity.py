@@ -68,24 +68,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import trio
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshd.spiffe import SpiffeId, spiffe_id
 from registry.latest import Latest
 from sidecar import __version__
 from sidecar.control_client import Backoff
 from sidecar.errors import SidecarError, StateError
-from sidecar.identity_state import (
-    SavedIdentity,
-    discard_state,
-    key_to_pem,
-    public_key_der,
-    read_state,
-    save_state,
-)
+from sidecar.identity_state import SavedIdentity, discard_state, read_state, save_state
+from sidecar.keygen import KeygenError, new_key_and_csr
 from sidecar.settings import Settings
 from sidecar.tls_contexts import (
     DEFAULT_ALPN,
@@ -97,8 +87,8 @@ from sidecar.tls_contexts import (
     normalize_roots,
     peer_spiffe_id,
     remove_material,
-    spiffe_id_of,
 )
+from sidecar.x509_reader import cert_facts, der_to_pem, pem_certificates
 
 __all__ = [
     "CertificateNotAccepted",
@@ -110,10 +100,8 @@ __all__ = [
     "PeerIdentityMismatch",
     "SigningRejected",
     "SigningUnavailable",
-    "build_csr",
     "check_peer",
     "expiry_level",
-    "generate_key",
     "peer_spiffe_id",
     "renewal_fraction",
     "renewal_time",
@@ -188,28 +176,6 @@ class PeerIdentityMismatch(IdentityError):
     def __init__(self, message: str, *, actual: SpiffeId | None) -> None:
         super().__init__(message)
         self.actual = actual
-
-
-# --- keys and CSRs (pure) -----------------------------------------------------------------
-
-
-def generate_key() -> ec.EllipticCurvePrivateKey:
-    """A new EC P-256 key, in memory."""
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def build_csr(key: ec.EllipticCurvePrivateKey, identity: SpiffeId | None = None) -> str:
-    """A PEM CSR with an empty subject and, when ``identity`` is given, its SPIFFE ID as
-    the only (URI) SAN, marked critical as RFC 5280 wants with an empty subject. No
-    other extension: meshd decides key usage, lifetime and everything else."""
-    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
-    if identity is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]),
-            critical=True,
-        )
-    csr = builder.sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
 # --- the schedule (pure) ------------------------------------------------------------------
@@ -348,41 +314,6 @@ def check_peer(conn: PeerCertSource, expected: Collection[SpiffeId | str]) -> Sp
             actual=actual,
         )
     return actual
-
-
-def _cert_times(cert: x509.Certificate) -> tuple[datetime, datetime]:
-    return cert.not_valid_before_utc, cert.not_valid_after_utc
-
-
-def _serial(cert: x509.Certificate) -> str:
-    return f"{cert.serial_number:x}"
-
-
-def _verify_chain(
-    leaf: x509.Certificate, chain: list[x509.Certificate], roots: Sequence[str]
-) -> None:
-    """``leaf`` is signed by one of ``roots``, directly or through ``chain``; ValueError
-    otherwise."""
-    anchors = [x509.load_pem_x509_certificate(r.encode()) for r in roots]
-    pending = list(chain)
-    current = leaf
-    for _ in range(len(chain) + 1):
-        for anchor in anchors:
-            try:
-                current.verify_directly_issued_by(anchor)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            return
-        for i, candidate in enumerate(pending):
-            try:
-                current.verify_directly_issued_by(candidate)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            current = pending.pop(i)
-            break
-        else:
-            break
-    raise ValueError("it does not chain to any of the trust roots meshd sent")
 
 
 # --- the manager ----------------------------------------------------------------------------
@@ -620,9 +551,9 @@ class IdentityManager:
             return None
         if saved is None:
             return None
-        cert = x509.load_pem_x509_certificate(saved.cert_pem.encode())
-        identity_in = spiffe_id_of(cert)
-        _, not_after = _cert_times(cert)
+        facts = cert_facts(saved.cert_pem)  # read_state checked that it reads
+        identity_in = facts.spiffe_id
+        not_after = facts.not_after
         expected = (self.namespace, self.service_account)
         reason = ""
         if identity_in is None:
@@ -659,7 +590,7 @@ class IdentityManager:
             roots = ()
         if not self._roots:
             self._roots = roots
-        issued_at = saved.issued_at or cert.not_valid_before_utc.timestamp()
+        issued_at = saved.issued_at or facts.not_before.timestamp()
         issued = _Issued(saved.cert_pem, saved.chain_pem, self._roots, identity_in, issued_at)
         try:
             identity = await self._install(saved.key_pem, issued, source="saved", save=False)
@@ -876,20 +807,27 @@ class IdentityManager:
                 verify = await trio.to_thread.run_sync(self._bootstrap_context)
             if not self._trust_domain:
                 await self._learn_trust_domain(verify)
-            key = generate_key()
-            expected = self.expected_spiffe_id()
-            csr = build_csr(key, expected)
+            try:
+                made = await new_key_and_csr(self.expected_spiffe_id())
+            except KeygenError as exc:
+                raise SigningUnavailable(f"cannot make a key to sign: {exc}") from exc
             try:
                 body = await self._request(
-                    "POST", SIGN_PATH, verify, token, json={"csr": csr, "proxy": self.proxy_id}
+                    "POST",
+                    SIGN_PATH,
+                    verify,
+                    token,
+                    json={"csr": made.csr_pem, "proxy": self.proxy_id},
                 )
             except CertificateNotAccepted:
                 # Revoked, or from a root meshd no longer trusts: the join token may still
                 # get a new one (a multi-use token); the next attempt tries it.
                 self._prefer_token = bool(self.join_token)
                 raise
-            issued = self._check_issued(body, key)
-            identity = await self._install(key_to_pem(key), issued, source="meshd", save=True)
+            issued = self._check_issued(body, made.public_key_der)
+            identity = await self._install(
+                made.key_pem, issued, source="meshd", save=True, check_chain=True
+            )
             if current is not None and identity.lifetime_s < 0.9 * current.lifetime_s - 1:
                 log.warning(
                     "meshd issued a certificate for %s valid for only %s, less than the "
@@ -1039,10 +977,11 @@ class IdentityManager:
     def _token_hint(self) -> str:
         return f"meshctl token create --service {self.service} --namespace {self.namespace}"
 
-    def _check_issued(self, body: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> _Issued:
-        """meshd's answer, checked: the leaf is for our key and our identity, valid now,
-        and chains to the roots sent. A bad answer is :class:`SigningUnavailable` (meshd
-        may do better on the next try); it is never installed."""
+    def _check_issued(self, body: dict[str, Any], public_key_der: bytes) -> _Issued:
+        """meshd's answer, checked: the leaf is for our key and our identity and valid
+        now (that it chains to the roots sent is checked by OpenSSL when it is installed).
+        A bad answer is :class:`SigningUnavailable` (meshd may do better on the next try);
+        it is never installed."""
 
         def bad(reason: str) -> SigningUnavailable:
             return SigningUnavailable(f"meshd's signed certificate is unusable: {reason}")
@@ -1057,14 +996,14 @@ class IdentityManager:
         if not isinstance(roots, list) or not roots or not all(isinstance(r, str) for r in roots):
             raise bad("'roots' must be a non-empty list of PEM strings")
         try:
-            leaf = x509.load_pem_x509_certificate(cert_pem.encode())
-            chain = x509.load_pem_x509_certificates(chain_pem.encode()) if chain_pem.strip() else []
+            leaf = cert_facts(cert_pem)
+            chain = pem_certificates(chain_pem) if chain_pem.strip() else []
             normalized = normalize_roots(roots)
         except ValueError as exc:
             raise bad(str(exc)) from exc
-        if public_key_der(leaf.public_key()) != public_key_der(key.public_key()):
+        if leaf.spki != public_key_der:
             raise bad("it is not for the key of our CSR")
-        actual = spiffe_id_of(leaf)
+        actual = leaf.spiffe_id
         if actual is None:
             raise bad("it has no SPIFFE ID (URI SAN)")
         claimed = body.get("spiffeId")
@@ -1079,17 +1018,12 @@ class IdentityManager:
             raise bad(
                 f"it is from trust domain {actual.trust_domain}, expected {self._trust_domain}"
             )
-        _, not_after = _cert_times(leaf)
-        if not_after.timestamp() <= self._clock():
-            raise bad(f"it expired at {_iso(not_after)}")
-        try:
-            _verify_chain(leaf, chain, normalized)
-        except ValueError as exc:
-            raise bad(str(exc)) from exc
+        if leaf.not_after.timestamp() <= self._clock():
+            raise bad(f"it expired at {_iso(leaf.not_after)}")
         self._trust_domain = self._trust_domain or actual.trust_domain
         return _Issued(
             cert_pem,
-            "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain),
+            "".join(der_to_pem(der) for der in chain),
             normalized,
             actual,
             self._clock(),
@@ -1098,18 +1032,35 @@ class IdentityManager:
     # --- installing an identity ---------------------------------------------------------------
 
     async def _install(
-        self, key_pem: str, issued: _Issued, *, source: Literal["meshd", "saved"], save: bool
+        self,
+        key_pem: str,
+        issued: _Issued,
+        *,
+        source: Literal["meshd", "saved"],
+        save: bool,
+        check_chain: bool = False,
     ) -> Identity:
+        """Build, publish and (``save``) save an identity. ``check_chain``: a certificate
+        just issued must chain to the roots meshd sent with it (SigningUnavailable)."""
+        check_roots = issued.roots if check_chain else ()
         async with self._install_lock:
             # Roots from snapshots are authoritative (their ACK tells meshd we hold them);
             # the roots meshd sends with a certificate only fill in until the first one.
             if not (self._roots_from_snapshot and self._roots):
                 self._roots = issued.roots
             issued = dataclasses.replace(issued, roots=self._roots)
-            return await self._build_and_publish(key_pem, issued, source, save=save)
+            return await self._build_and_publish(
+                key_pem, issued, source, save=save, check_roots=check_roots
+            )
 
     async def _build_and_publish(
-        self, key_pem: str, issued: _Issued, source: Literal["meshd", "saved"], *, save: bool
+        self,
+        key_pem: str,
+        issued: _Issued,
+        source: Literal["meshd", "saved"],
+        *,
+        save: bool,
+        check_roots: Sequence[str] = (),
     ) -> Identity:
         saved = SavedIdentity(
             key_pem=key_pem,
@@ -1120,7 +1071,11 @@ class IdentityManager:
             issued_at=issued.issued_at,
         )
         try:
-            contexts, state_error = await trio.to_thread.run_sync(self._materialize, saved, save)
+            contexts, state_error = await trio.to_thread.run_sync(
+                self._materialize, saved, save, check_roots
+            )
+        except ValueError as exc:  # only with check_roots: nothing was kept
+            raise SigningUnavailable(f"meshd's signed certificate is unusable: {exc}") from exc
         except (OSError, ssl.SSLError) as exc:
             raise IdentityError(
                 f"cannot build the TLS contexts in {self.state_dir}: {exc}"
@@ -1128,13 +1083,13 @@ class IdentityManager:
         if state_error is not None and not self._state_warned:
             self._state_warned = True
             log.warning("%s; a restart while meshd is down would have no certificate", state_error)
-        cert = x509.load_pem_x509_certificate(issued.cert_pem.encode())
-        not_before, not_after = _cert_times(cert)
+        facts = cert_facts(issued.cert_pem)
+        not_before, not_after = facts.not_before, facts.not_after
         issued_at = min(max(issued.issued_at, not_before.timestamp()), not_after.timestamp())
         self._generation += 1
         identity = Identity(
             spiffe_id=issued.spiffe_id,
-            serial=_serial(cert),
+            serial=facts.serial_hex,
             not_before=not_before,
             not_after=not_after,
             issued_at=datetime.fromtimestamp(issued_at, UTC),
@@ -1153,13 +1108,18 @@ class IdentityManager:
         return identity
 
     def _materialize(
-        self, saved: SavedIdentity, save: bool
+        self, saved: SavedIdentity, save: bool, check_roots: Sequence[str] = ()
     ) -> tuple[TlsContexts, StateError | None]:
         """Worker thread: the contexts, then the state file (its failure is reported,
         not raised: the sidecar serves on, only a restart would lack the certificate)."""
         credentials = (saved.key_pem + saved.cert_pem + saved.chain_pem).encode()
         contexts = build_contexts(
-            self.state_dir, credentials, saved.roots, ca_pem=self._ca_file_pem(), alpn=self.alpn
+            self.state_dir,
+            credentials,
+            saved.roots,
+            ca_pem=self._ca_file_pem(),
+            alpn=self.alpn,
+            check_roots=check_roots,
         )
         if not save:
             return contexts, None

@@ -5,7 +5,9 @@ so that a sidecar restarted while meshd is down serves with the certificate it h
 until that certificate expires. Written like the saved config (temp file, fsync,
 rename, fsync of the directory; :func:`sidecar.config_store.write_private_file`).
 Whether the saved certificate is still usable (not expired, this workload's) is the
-caller's decision; this module only checks that the file is whole and coherent.
+caller's decision; this module only checks that the file is whole and well formed. That
+the key is the certificate's is checked by OpenSSL when the TLS contexts are built from
+it (:func:`sidecar.tls_contexts.build_contexts`).
 
 Blocking file I/O: call from a worker thread.
 """
@@ -19,13 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-
 from sidecar.config_store import remove_stale_temp_files, write_private_file
 from sidecar.errors import StateError
+from sidecar.x509_reader import cert_facts, pem_block_types, pem_certificates, pem_der
 
 log = logging.getLogger("sidecar.identity")
 
@@ -47,19 +45,20 @@ class SavedIdentity:
     """When the sidecar got the certificate (Unix time); 0 when unknown."""
 
 
-def key_to_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+_P256_ALGORITHM = bytes.fromhex("301306072a8648ce3d020106082a8648ce3d030107")
+"""PKCS#8's AlgorithmIdentifier of an EC key on P-256 (id-ecPublicKey, prime256v1)."""
 
 
-def public_key_der(key: CertificatePublicKeyTypes) -> bytes:
-    """A public key as DER SubjectPublicKeyInfo, to compare two keys."""
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+def is_p256_key(key_pem: str) -> bool:
+    """Whether ``key_pem`` is one unencrypted PKCS#8 EC P-256 private key: the only
+    kind the sidecar makes (:mod:`sidecar.keygen`)."""
+    if pem_block_types(key_pem) != ["PRIVATE KEY"]:
+        return False
+    try:
+        der = pem_der(key_pem, "PRIVATE KEY")
+    except ValueError:
+        return False
+    return _P256_ALGORITHM in der[:32]
 
 
 def encode_state(saved: SavedIdentity) -> bytes:
@@ -77,7 +76,7 @@ def encode_state(saved: SavedIdentity) -> bytes:
 
 def decode_state(raw: bytes) -> SavedIdentity:
     """Raises ValueError saying what is wrong: not JSON, a missing field, a key that
-    is not EC P-256, a certificate that is not the key's."""
+    is not EC P-256, a certificate that cannot be read."""
     try:
         doc: Any = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -108,22 +107,16 @@ def decode_state(raw: bytes) -> SavedIdentity:
         trust_domain=doc.get("trustDomain") or "",
         issued_at=float(issued_at),
     )
+    if not is_p256_key(saved.key_pem):
+        raise ValueError("the private key is not an unencrypted PKCS#8 EC P-256 key")
     try:
-        key = serialization.load_pem_private_key(saved.key_pem.encode(), password=None)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"the private key cannot be read ({exc})") from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        raise ValueError("the private key is not an EC P-256 key")
-    try:
-        cert = x509.load_pem_x509_certificate(saved.cert_pem.encode())
+        cert_facts(saved.cert_pem)
         if saved.chain_pem.strip():
-            x509.load_pem_x509_certificates(saved.chain_pem.encode())
+            pem_certificates(saved.chain_pem)
         for root in saved.roots:
-            x509.load_pem_x509_certificate(root.encode())
+            pem_certificates(root)
     except ValueError as exc:
         raise ValueError(f"a certificate cannot be read ({exc})") from exc
-    if public_key_der(cert.public_key()) != public_key_der(key.public_key()):
-        raise ValueError("the certificate is not the private key's")
     return saved
 
 

@@ -1,8 +1,9 @@
 """TLS contexts of a workload identity, and reading a peer's SPIFFE ID.
 
-Stdlib ``ssl`` plus ``cryptography``; no Trio, no I/O beyond the private credentials
-file. :mod:`sidecar.identity` builds a :class:`TlsContexts` for every certificate and
-every change of the trust roots; see its docstring for how listeners and pools use them.
+Stdlib only (``ssl`` and :mod:`sidecar.x509_reader`); no Trio, no I/O beyond the
+private credentials file. :mod:`sidecar.identity` builds a :class:`TlsContexts` for
+every certificate and every change of the trust roots; see its docstring for how
+listeners and pools use them.
 
 - :func:`server_context`: what the inbound listener wraps accepted connections with.
   TLS 1.2 or newer (1.3 is preferred: OpenSSL picks the highest both sides speak), a
@@ -36,10 +37,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-from meshd.spiffe import SpiffeId, parse_spiffe_id
+from meshd.spiffe import SpiffeId
+from sidecar.x509_reader import (
+    der_to_pem,
+    pem_certificate,
+    pem_certificates,
+    read_certificate,
+    spiffe_id_in,
+)
 
 MATERIAL_DIR = "tls"
 CREDENTIALS_FILE = "credentials.pem"
@@ -67,8 +72,7 @@ class TlsContexts:
 
 def root_id(pem: str) -> str:
     """The SHA-256 fingerprint of a root's DER (hex): how meshd names a root."""
-    cert = x509.load_pem_x509_certificate(pem.encode())
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return hashlib.sha256(pem_certificate(pem)).hexdigest()
 
 
 def bundle_digest(roots: Sequence[str]) -> str:
@@ -86,15 +90,14 @@ def normalize_roots(roots: Sequence[str]) -> tuple[str, ...]:
     out: list[str] = []
     for i, text in enumerate(roots):
         try:
-            certs = x509.load_pem_x509_certificates(text.encode())
+            ders = pem_certificates(text)
         except ValueError as exc:
             raise ValueError(f"trust root {i + 1} is not a PEM certificate: {exc}") from exc
-        for cert in certs:
-            der = cert.public_bytes(serialization.Encoding.DER)
+        for der in ders:
             fingerprint = hashlib.sha256(der).hexdigest()
             if fingerprint not in seen:
                 seen.add(fingerprint)
-                out.append(cert.public_bytes(serialization.Encoding.PEM).decode())
+                out.append(der_to_pem(der))
     return tuple(out)
 
 
@@ -180,6 +183,7 @@ def build_contexts(
     ca_pem: str = "",
     alpn: Sequence[str] = DEFAULT_ALPN,
     keep: bool = True,
+    check_roots: Sequence[str] = (),
 ) -> TlsContexts:
     """Write ``credentials_pem`` (private key, leaf, intermediates) to the private dir
     and load the three contexts from it; the control-plane context also trusts
@@ -188,7 +192,11 @@ def build_contexts(
 
     ``keep=False`` (the worker processes of ``--workers``): the temporary file is
     removed once loaded instead of becoming ``credentials.pem``, so only the main
-    process owns that file and a worker leaves no copy of the key behind."""
+    process owns that file and a worker leaves no copy of the key behind.
+
+    ``check_roots`` (a certificate just issued): first prove, with a TLS handshake in
+    memory, that the certificate chains to one of these roots and is valid now;
+    ValueError saying why not, and nothing is written or kept."""
     directory = prepare_material_dir(state_dir)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{CREDENTIALS_FILE}.", suffix=".tmp")
     try:
@@ -198,6 +206,8 @@ def build_contexts(
             f.flush()
             os.fsync(f.fileno())
         path = Path(tmp)
+        if check_roots:
+            check_chain(path, check_roots)
         contexts = TlsContexts(
             server=server_context(path, roots, alpn),
             client=client_context(path, roots, alpn),
@@ -219,6 +229,43 @@ def build_contexts(
     return contexts
 
 
+def check_chain(credentials: Path, roots: Sequence[str]) -> None:
+    """OpenSSL's verdict on the certificate in ``credentials``: a handshake in memory
+    (no socket) between a server presenting it and a client trusting only ``roots``.
+    This checks the signatures along the chain, the validity dates and that the key is
+    the certificate's, exactly as peers will. ValueError saying what fails."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        server.load_cert_chain(str(credentials))
+    except ssl.SSLError as exc:
+        raise ValueError(f"the key and certificate do not load ({exc.reason or exc})") from exc
+    client = _base(ssl.PROTOCOL_TLS_CLIENT, roots, ())
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_REQUIRED
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client_end = client.wrap_bio(to_client, to_server, server_side=False)
+    server_end = server.wrap_bio(to_server, to_client, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(8):  # TLS 1.3 needs two round trips; more means something is stuck
+        for name, end in (("client", client_end), ("server", server_end)):
+            if done[name]:
+                continue
+            try:
+                end.do_handshake()
+                done[name] = True
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLCertVerificationError as exc:
+                raise ValueError(
+                    f"it does not chain to any of the trust roots meshd sent ({exc.verify_message})"
+                ) from exc
+            except ssl.SSLError as exc:
+                raise ValueError(f"a TLS handshake with it fails ({exc.reason or exc})") from exc
+        if done["client"]:
+            return
+    raise ValueError("a TLS handshake with it does not complete")
+
+
 def remove_material(state_dir: Path) -> None:
     """Delete the credentials file (and leftovers of a crash while writing it)."""
     directory = state_dir / MATERIAL_DIR
@@ -236,35 +283,20 @@ class PeerCertSource(Protocol):
     def getpeercert(self, binary_form: bool = ...) -> Any: ...
 
 
-def spiffe_id_of(cert: x509.Certificate) -> SpiffeId | None:
-    """The workload identity in the certificate's URI SAN: exactly one ``spiffe://`` URI
-    of the form ``spiffe://TD/ns/NS/sa/SA``; None otherwise (none, several, malformed)."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    except ValueError:  # a malformed extension
-        return None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    spiffe = [u for u in uris if u.lower().startswith("spiffe://")]
-    if len(spiffe) != 1:
-        return None
-    try:
-        return parse_spiffe_id(spiffe[0])
-    except ValueError:
-        return None
-
-
 def peer_spiffe_id(conn: PeerCertSource) -> SpiffeId | None:
     """The SPIFFE ID of the peer of a TLS connection whose handshake is done and whose
     context verified the peer (the contexts above all do); None when the peer sent no
     certificate or its certificate names no single workload. Cheap enough to call once
-    per connection (parses one DER certificate)."""
+    per connection: OpenSSL has decoded the certificate already."""
+    decoded = conn.getpeercert()
+    if decoded:
+        sans = decoded.get("subjectAltName", ())
+        return spiffe_id_in([value for kind, value in sans if kind == "URI"])
+    # Not verified by the context (none of ours): only the raw certificate is given.
     der = conn.getpeercert(binary_form=True)
     if not der:
         return None
     try:
-        cert = x509.load_der_x509_certificate(bytes(der))
+        return read_certificate(bytes(der)).spiffe_id
     except ValueError:
         return None
-    return spiffe_id_of(cert)

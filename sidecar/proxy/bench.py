@@ -146,23 +146,23 @@ def make_pki(directory: Path) -> None:
 
 
 def _identity(directory: Path, name: str) -> Any:
-    from cryptography import x509
 
     from meshd.spiffe import parse_spiffe_id
     from sidecar.identity import Identity
-    from sidecar.tls_contexts import build_contexts, spiffe_id_of
+    from sidecar.tls_contexts import build_contexts
+    from sidecar.x509_reader import cert_facts
 
     root = (directory / "root.pem").read_text()
     credentials = (directory / f"{name}.pem").read_bytes()
-    leaf = x509.load_pem_x509_certificate(credentials[credentials.index(b"-----BEGIN CERT") :])
+    leaf = cert_facts(credentials[credentials.index(b"-----BEGIN CERT") :].decode())
     contexts = build_contexts(directory / f"state-{name}", credentials, [root])
-    sid = spiffe_id_of(leaf)
+    sid = leaf.spiffe_id
     assert sid is not None
     return Identity(
         spiffe_id=parse_spiffe_id(str(sid)),
-        serial=f"{leaf.serial_number:x}",
-        not_before=leaf.not_valid_before_utc,
-        not_after=leaf.not_valid_after_utc,
+        serial=leaf.serial_hex,
+        not_before=leaf.not_before,
+        not_after=leaf.not_after,
         issued_at=datetime.datetime.now(datetime.UTC),
         trust_bundle="bench",
         generation=1,

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Literal
 
 import trio
-from cryptography import x509
 
 from registry.latest import Latest
 from sidecar.config_store import decode_snapshot
@@ -43,7 +42,7 @@ from sidecar.identity import Identity
 from sidecar.proxy import ProxyServer, ProxyState, TelemetrySink
 from sidecar.telemetry import AccessLog, Telemetry
 from sidecar.telemetry.metrics import MetricState
-from sidecar.tls_contexts import build_contexts, spiffe_id_of
+from sidecar.tls_contexts import build_contexts
 from sidecar.workers import channel
 from sidecar.workers.channel import (
     ChannelError,
@@ -55,6 +54,7 @@ from sidecar.workers.channel import (
     encode_metric_state,
 )
 from sidecar.workers.link import Link
+from sidecar.x509_reader import cert_facts
 
 log = logging.getLogger("sidecar.worker")
 
@@ -70,8 +70,11 @@ class WorkerError(Exception):
 def identity_from(material: IdentityMaterial, state_dir: Path) -> Identity:
     """The :class:`Identity` the main process published, with contexts of our own.
     Blocking (writes and loads the credentials): run it in a thread."""
-    cert = x509.load_pem_x509_certificate(material.cert_pem.encode())
-    spiffe = spiffe_id_of(cert)
+    try:
+        cert = cert_facts(material.cert_pem)
+    except ValueError as exc:
+        raise WorkerError(f"the certificate cannot be read: {exc}") from exc
+    spiffe = cert.spiffe_id
     if spiffe is None:
         raise WorkerError("the certificate names no single SPIFFE ID")
     credentials = (material.key_pem + material.cert_pem + material.chain_pem).encode()
@@ -79,9 +82,9 @@ def identity_from(material: IdentityMaterial, state_dir: Path) -> Identity:
     source: Literal["meshd", "saved"] = "saved" if material.source == "saved" else "meshd"
     return Identity(
         spiffe_id=spiffe,
-        serial=f"{cert.serial_number:x}",
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
+        serial=cert.serial_hex,
+        not_before=cert.not_before,
+        not_after=cert.not_after,
         issued_at=datetime.fromtimestamp(material.issued_at, UTC),
         trust_bundle=material.trust_bundle,
         generation=material.generation,

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import trio
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshd.spiffe import parse_spiffe_id
@@ -31,9 +32,7 @@ from sidecar.identity import (
     JoinTokenRejected,
     SigningRejected,
     SigningUnavailable,
-    build_csr,
     expiry_level,
-    generate_key,
     renewal_fraction,
     renewal_time,
     retry_after_seconds,
@@ -43,11 +42,10 @@ from sidecar.identity_state import (
     SavedIdentity,
     decode_state,
     encode_state,
-    key_to_pem,
-    public_key_der,
     read_state,
     save_state,
 )
+from sidecar.keygen import KeygenError, decode, make_key_and_csr, new_key_and_csr
 from sidecar.tls_contexts import CREDENTIALS_FILE, MATERIAL_DIR, bundle_digest
 from tests.sidecar.test_identity_support import (
     PROXY,
@@ -55,6 +53,7 @@ from tests.sidecar.test_identity_support import (
     TOKEN,
     FakeMeshdCa,
     TestCa,
+    key_pem,
     make_manager,
     messages,
     pem,
@@ -72,10 +71,25 @@ def mode(path: Path) -> int:
 # --- CSR ------------------------------------------------------------------------------------
 
 
+def generate_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def public_key_der(key: Any) -> bytes:
+    return bytes(
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
 def test_csr_has_an_empty_subject_and_only_the_spiffe_uri_san() -> None:
-    key = generate_key()
+    made = make_key_and_csr(str(parse_spiffe_id(SPIFFE)))
+    key = serialization.load_pem_private_key(made.key_pem.encode(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
     assert isinstance(key.curve, ec.SECP256R1)
-    csr = x509.load_pem_x509_csr(build_csr(key, parse_spiffe_id(SPIFFE)).encode())
+    assert made.public_key_der == public_key_der(key.public_key())
+    csr = x509.load_pem_x509_csr(made.csr_pem.encode())
     assert csr.is_signature_valid
     assert list(csr.subject) == []
     assert len(csr.extensions) == 1
@@ -87,9 +101,32 @@ def test_csr_has_an_empty_subject_and_only_the_spiffe_uri_san() -> None:
 
 
 def test_csr_without_an_identity_has_no_extensions() -> None:
-    csr = x509.load_pem_x509_csr(build_csr(generate_key()).encode())
+    csr = x509.load_pem_x509_csr(make_key_and_csr(None).csr_pem.encode())
     assert list(csr.subject) == []
     assert len(csr.extensions) == 0
+
+
+def test_the_key_helper_process_makes_a_fresh_key_each_time() -> None:
+    async def main() -> list[Any]:
+        return [await new_key_and_csr(parse_spiffe_id(SPIFFE)) for _ in range(2)]
+
+    first, second = trio.run(main)
+    assert first.key_pem != second.key_pem
+    for made in (first, second):
+        csr = x509.load_pem_x509_csr(made.csr_pem.encode())
+        assert csr.is_signature_valid
+        assert public_key_der(csr.public_key()) == made.public_key_der
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        assert san.value.get_values_for_type(x509.UniformResourceIdentifier) == [SPIFFE]
+
+
+def test_a_failing_key_helper_says_what_to_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A python that cannot run the helper module: the error names the package to install.
+    monkeypatch.setattr("sys.executable", "/bin/false")
+    with pytest.raises(KeygenError, match=r"exit 1.*'cryptography' package"):
+        trio.run(new_key_and_csr, None)
+    with pytest.raises(ValueError, match="unreadable answer"):
+        decode(b'{"key": "k"}')
 
 
 # --- the schedule -----------------------------------------------------------------------------
@@ -154,7 +191,7 @@ def saved_identity(ca: TestCa | None = None) -> SavedIdentity:
     key = generate_key()
     leaf = ca.issue(key.public_key())
     return SavedIdentity(
-        key_pem=key_to_pem(key),
+        key_pem=key_pem(key),
         cert_pem=pem(leaf),
         chain_pem=ca.chain_pem,
         roots=(ca.root_pem,),
@@ -185,19 +222,11 @@ def test_leftover_temp_files_of_a_crash_are_removed(tmp_path: Path) -> None:
     assert not stale.exists()
 
 
-def _mismatched() -> bytes:
-    saved = saved_identity()
-    other = key_to_pem(generate_key())
-    doc = json.loads(encode_state(saved))
-    doc["key"] = other
-    return json.dumps(doc).encode()
-
-
 def _rsa_key() -> bytes:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     doc = json.loads(encode_state(saved_identity()))
-    doc["key"] = key_to_pem(rsa.generate_private_key(65537, 2048))  # type: ignore[arg-type]
+    doc["key"] = key_pem(rsa.generate_private_key(65537, 2048))  # type: ignore[arg-type]
     return json.dumps(doc).encode()
 
 
@@ -210,8 +239,7 @@ def _rsa_key() -> bytes:
         (b'{"schema": 99}', "schema 99"),
         (b'{"schema": 1, "key": 5}', "'key'"),
         (b'{"schema": 1, "key": "k", "certificate": "c", "chain": "", "roots": "r"}', "'roots'"),
-        (_mismatched(), "not the private key's"),
-        (_rsa_key(), "not an EC P-256 key"),
+        (_rsa_key(), "not an unencrypted PKCS#8 EC P-256 key"),
     ],
 )
 def test_a_corrupt_state_file_is_ignored_with_a_log_line(
@@ -509,6 +537,23 @@ def test_a_saved_certificate_of_another_identity_is_discarded(
         assert run(other.load_saved) is None
     assert messages(caplog.records, "discarding the saved certificate")
     assert not (tmp_path / STATE_FILE).exists()
+
+
+def test_a_saved_key_that_is_not_the_certificates_is_not_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The state file reads, but OpenSSL refuses the pair when the contexts are built.
+    run(make_manager(tmp_path, FakeMeshdCa(TestCa())).obtain)
+    path = tmp_path / STATE_FILE
+    doc = json.loads(path.read_bytes())
+    doc["key"] = key_pem(generate_key())
+    path.write_text(json.dumps(doc))
+    later = make_manager(tmp_path, FakeMeshdCa(TestCa()))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert run(later.load_saved) is None
+    (line,) = messages(caplog.records, "cannot use the saved certificate")
+    assert "requesting a new one" in line
+    assert later.current.value is None
 
 
 def test_renewal_runs_at_half_life_with_jitter(tmp_path: Path) -> None:

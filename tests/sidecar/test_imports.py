@@ -9,8 +9,9 @@ import sys
 
 from tests.support.processes import REPO_ROOT
 
-FORBIDDEN = ("pydantic", "fastapi", "starlette", "uvicorn", "click", "pygments")
-"""meshd's web stack, and httpx's command-line tool (memory for code never run)."""
+FORBIDDEN = ("pydantic", "fastapi", "starlette", "uvicorn", "click", "pygments", "cryptography")
+"""meshd's web stack, httpx's command-line tool and cryptography (8 MB: keys are made by
+the ``sidecar.keygen`` helper process): memory for code a sidecar never runs."""
 
 
 def test_sidecar_imports_no_pydantic_or_fastapi() -> None:
@@ -19,7 +20,8 @@ def test_sidecar_imports_no_pydantic_or_fastapi() -> None:
         "import sidecar.cli, sidecar.agent, sidecar.admin, sidecar.config_store\n"
         "import sidecar.control_client, sidecar.settings, sidecar.errors\n"
         "import sidecar.identity, sidecar.identity_state, sidecar.tls_contexts\n"
-        "import sidecar.proxy, sidecar.proxy.bench, sidecar.telemetry\n"
+        "import sidecar.proxy, sidecar.proxy.bench, sidecar.telemetry, sidecar.keygen\n"
+        "import sidecar.workers.child, sidecar.workers.supervisor, sidecar.x509_reader\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     done = subprocess.run(
