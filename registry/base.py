@@ -34,14 +34,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Literal, Protocol
+from typing import Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 
-from registry.errors import InvalidInstance
 from registry.latest import Latest
-from registry.model import Instance, RegistryView, ServiceKey
+from registry.limits import (
+    DEFAULT_TTL_S,
+    MAX_OUTPUT,
+    MAX_TTL_S,
+    MIN_TTL_S,
+    check_ttl,
+    clip_output,
+)
+from registry.model import Instance, RegisterOutcome, RegistryView, ServiceKey
 
 __all__ = [
     "DEFAULT_TTL_S",
@@ -55,18 +62,6 @@ __all__ = [
     "check_ttl",
     "clip_output",
 ]
-
-DEFAULT_TTL_S = 90.0
-"""An instance registered without a TTL (an old sidecar) expires 90 s after its last
-heartbeat: three missed beats of the 30 s heartbeat such sidecars send."""
-MIN_TTL_S = 1.0
-MAX_TTL_S = 24 * 3600.0
-MAX_OUTPUT = 1024
-"""Health-check output kept per instance, in characters (the rest is cut)."""
-
-RegisterOutcome = Literal["created", "updated", "refreshed"]
-"""What a ``register`` did: a new instance, a changed one (address, ports, labels,
-health...), or the same one again (a heartbeat: only its TTL was renewed)."""
 
 
 class Registry(Protocol):
@@ -127,20 +122,6 @@ class Registry(Protocol):
         """The background work of a reader; signals ``started`` once it runs (not once
         :attr:`ready`), and runs until cancelled."""
         ...
-
-
-def check_ttl(ttl_s: float) -> float:
-    if not MIN_TTL_S <= ttl_s <= MAX_TTL_S:
-        raise InvalidInstance(
-            f"a TTL of {ttl_s:g} s is out of range: use {MIN_TTL_S:g} s to {MAX_TTL_S:g} s "
-            "(twice the health-check interval is usual)",
-            field="ttlSeconds",
-        )
-    return float(ttl_s)
-
-
-def clip_output(output: str) -> str:
-    return output if len(output) <= MAX_OUTPUT else output[: MAX_OUTPUT - 1] + "…"
 
 
 class KeyedLock:

@@ -22,12 +22,10 @@ them had a check change (those are re-read at once), and every registration chan
 few at a time. Raise Consul's limit and ``--consul-max-watches`` above the number of
 services for the fastest updates.
 
-Write side (the sidecar's, and meshd's REST API with ``--registry consul``): ``register``
-is ``PUT /v1/agent/service/register`` with a TTL check (``service:<id>``, TTL ``ttl_s``,
-``DeregisterCriticalServiceAfter`` ``deregister_after_s``); ``report_health`` is
-``PUT /v1/agent/check/pass|fail/service:<id>?note=<output>``; ``deregister`` is
-``PUT /v1/agent/service/deregister/<id>``. The Meta format is in
-:mod:`registry.consul_meta`.
+Write side (meshd's REST API with ``--registry consul``): ``register``, ``report_health``
+and ``deregister`` are :class:`registry.consul_writer.ConsulWriter`'s, which the sidecar's
+``--registry consul`` registrar uses too (without this module: it loads no httpx/anyio).
+The Meta format is in :mod:`registry.consul_meta`.
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from contextlib import aclosing
-from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -45,8 +42,6 @@ from registry.base import (
     DEFAULT_TTL_S,
     CatalogViews,
     RegisterOutcome,
-    check_ttl,
-    clip_output,
 )
 from registry.consul_http import (
     DEFAULT_WAIT,
@@ -57,13 +52,11 @@ from registry.consul_http import (
     parse_list,
     parse_services,
 )
-from registry.consul_meta import check_id, instance_from_entry, service_definition
+from registry.consul_meta import instance_from_entry
+from registry.consul_writer import ConsulWriter
 from registry.errors import (
     ConsulError,
-    ConsulNotFound,
     ConsulPermissionDenied,
-    InstanceNotRegistered,
-    InvalidInstance,
 )
 from registry.model import Instance, RegistryView, ServiceKey
 
@@ -102,8 +95,6 @@ class ConsulRegistry:
         refresh_concurrency: int = 8,
         ignore: Iterable[str] = ("consul",),
     ) -> None:
-        if deregister_after_s < 60:
-            raise ValueError("Consul deregisters critical services after 1 minute at the least")
         self._client = client
         self._watch_client = client
         self._make_client = watch_clients
@@ -111,11 +102,13 @@ class ConsulRegistry:
         self._shards: list[list[Any]] = []  # [client, watches using it]
         self._max_watches = max(0, max_watches)
         self._wait = wait_s
-        self._deregister_after = deregister_after_s
         self._overflow_refresh = overflow_refresh_s
         self._refresh_limit = anyio.CapacityLimiter(max(1, refresh_concurrency))
         self._ignore = frozenset(ignore)
         self._views = CatalogViews()
+        self._writer = ConsulWriter(
+            client, deregister_after_s=deregister_after_s, lookup=self._views.get
+        )
         self._keys_of: dict[str, set[ServiceKey]] = {}
         self._ids_of: dict[str, set[str]] = {}
         self._watched: dict[str, anyio.CancelScope] = {}
@@ -126,7 +119,6 @@ class ConsulRegistry:
         self._names_known = False
         self._ready = False
         self._running = False
-        self._registered: dict[str, tuple[Instance, float]] = {}
         self._failing: set[str] = set()
         self._bad: dict[str, str] = {}
         self._tg: TaskGroup | None = None
@@ -167,87 +159,13 @@ class ConsulRegistry:
     async def register(
         self, instance: Instance, *, ttl_s: float = DEFAULT_TTL_S, output: str = ""
     ) -> RegisterOutcome:
-        ttl = check_ttl(ttl_s)
-        output = clip_output(output)
-        iid = instance.id
-        known = self._registered.get(iid)
-        if (
-            known is not None
-            and known[1] == ttl
-            and replace(known[0], healthy=True) == replace(instance, healthy=True)
-        ):
-            try:
-                await self.report_health(iid, instance.healthy, output)
-            except InstanceNotRegistered:
-                pass  # the agent lost it (restarted without its data): register again
-            else:
-                return "refreshed"
-        previous = known[0] if known is not None else self._views.get(iid)
-        definition = service_definition(
-            instance, ttl_s=ttl, deregister_after_s=self._deregister_after
-        )
-        try:
-            await self._client.agent_service_register(definition)
-        except ConsulError as exc:
-            if exc.status == 400:
-                raise InvalidInstance(
-                    f"Consul refused instance {iid}: {exc.body or exc}", field="instance"
-                ) from exc
-            raise
-        self._registered[iid] = (instance, ttl)
-        # An agent keeps the status of a check that already existed (a re-registration
-        # after a TTL expiry stays critical), and takes no output at registration: say
-        # both with a TTL update.
-        await self._client.agent_check_ttl(
-            check_id(iid), "pass" if instance.healthy else "fail", output
-        )
-        if previous is None:
-            log.info(
-                "registered instance %s of %s.%s at %s:%d with the Consul agent at %s "
-                "(TTL check %s, %s)",
-                iid,
-                instance.service,
-                instance.namespace,
-                instance.address,
-                instance.port,
-                self._client.address,
-                check_id(iid),
-                "passing" if instance.healthy else "critical",
-            )
-            return "created"
-        if previous != instance:
-            log.info("instance %s changed its registration in Consul", iid)
-        return "updated"
+        return await self._writer.register(instance, ttl_s=ttl_s, output=output)
 
     async def report_health(self, instance_id: str, healthy: bool, output: str = "") -> None:
-        try:
-            await self._client.agent_check_ttl(
-                check_id(instance_id), "pass" if healthy else "fail", clip_output(output)
-            )
-        except ConsulNotFound as exc:
-            self._registered.pop(instance_id, None)
-            raise InstanceNotRegistered(
-                f"the Consul agent at {self._client.address} has no TTL check for instance "
-                f"{instance_id!r} (never registered there, deregistered, or deregistered by "
-                "Consul after staying critical): register it again",
-                instance_id=instance_id,
-            ) from exc
-        known = self._registered.get(instance_id)
-        if known is not None and known[0].healthy != healthy:
-            self._registered[instance_id] = (replace(known[0], healthy=healthy), known[1])
-            log.info(
-                "instance %s reported %s to Consul%s",
-                instance_id,
-                "healthy" if healthy else "unhealthy",
-                f": {output}" if output else "",
-            )
+        await self._writer.report_health(instance_id, healthy, output)
 
     async def deregister(self, instance_id: str) -> bool:
-        known = self._views.get(instance_id) is not None or instance_id in self._registered
-        await self._client.agent_service_deregister(instance_id)
-        self._registered.pop(instance_id, None)
-        log.info("deregistered instance %s from the Consul agent at %s", instance_id, self.address)
-        return known
+        return await self._writer.deregister(instance_id)
 
     # --- the watch -----------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ a reusable :meth:`ConsulClient.watch` loop, and the service-discovery endpoints 
 registry needs: agent service registration and deregistration, TTL check updates,
 ``/v1/catalog/services``, ``/v1/health/service/<name>`` and ``/v1/health/state/<state>``.
 Each endpoint is a thin method on top of :meth:`ConsulClient.request` /
-:meth:`ConsulClient.query` / :meth:`ConsulClient.watch`.
+:meth:`ConsulClient.query` / :meth:`ConsulClient.watch`. The agent endpoints a registrar
+writes to, and the mapping of answers to errors, are :mod:`registry.consul_api`'s (the
+sidecar sends the same requests with its own HTTP client).
 
 Errors are typed (``registry.errors``): :class:`ConsulUnavailable` when Consul cannot be
 reached or has no leader (worth retrying), :class:`ConsulPermissionDenied` for ACL
@@ -33,10 +35,24 @@ from urllib.parse import quote
 import anyio
 import httpx
 
+from registry.consul_api import (
+    CHECK_TTL_ACCEPT,
+    DEFAULT_ADDRESS,
+    ApiCall,
+    CheckStatus,
+    base_url,
+    body_excerpt,
+    check_ttl_call,
+    check_ttl_missing,
+    encode_json,
+    error_for,
+    service_deregister_call,
+    service_register_call,
+    unreachable,
+)
 from registry.errors import (
     ConsulClientClosed,
     ConsulError,
-    ConsulNotFound,
     ConsulPermissionDenied,
     ConsulUnavailable,
     TxnAborted,
@@ -60,8 +76,6 @@ __all__ = [
     "parse_services",
 ]
 
-DEFAULT_ADDRESS = "127.0.0.1:8500"
-
 MAX_TXN_OPS = 64
 """Consul 1.8 rejects a transaction with more operations than this (HTTP 413)."""
 
@@ -83,29 +97,10 @@ TxnVerb = Literal[
     "delete-cas",
 ]
 
-CheckStatus = Literal["pass", "warn", "fail"]
-"""A TTL check update: ``pass`` (passing), ``warn`` (warning), ``fail`` (critical)."""
-
 T = TypeVar("T")
 
 # Jitter only spreads retries out; it needs no cryptographic quality.
 _jitter = random.Random()  # noqa: S311
-
-
-def base_url(address: str, *, https: bool = False) -> str:
-    """``127.0.0.1:8500`` -> ``http://127.0.0.1:8500``; a URL with a scheme is kept
-    (without a trailing slash). Accepts what ``CONSUL_HTTP_ADDR`` accepts."""
-    address = address.strip().rstrip("/")
-    if not address:
-        raise ValueError("empty Consul address: use host:port, e.g. 127.0.0.1:8500")
-    if "://" in address:
-        scheme = address.split("://", 1)[0]
-        if scheme not in ("http", "https"):
-            raise ValueError(
-                f"unsupported scheme in Consul address {address!r}: use http:// or https://"
-            )
-        return address
-    return f"{'https' if https else 'http'}://{address}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +332,7 @@ class ConsulClient:
                 path=path,
             )
         if json_body is not None:
-            content = json.dumps(json_body, separators=(",", ":")).encode()
+            content = encode_json(json_body)
         try:
             response = await self._http.request(
                 method,
@@ -352,47 +347,16 @@ class ConsulClient:
             )
         except httpx.TransportError as exc:
             reason = str(exc) or type(exc).__name__
-            raise ConsulUnavailable(
-                f"Consul at {self.address} is unreachable ({method} {path}: {reason}); "
-                "check that Consul is running and that the address is right",
-                address=self.address,
-                method=method,
-                path=path,
-            ) from exc
+            raise unreachable(self.address, method, path, reason) from exc
         status = response.status_code
         if 200 <= status < 300 or status in accept:
             return response
         raise self._error(method, path, response)
 
     def _error(self, method: str, path: str, response: httpx.Response) -> ConsulError:
-        status = response.status_code
-        body = response.text[:2000].strip()
-        where = f"{method} {path}"
-
-        def make(cls: type[ConsulError], message: str) -> ConsulError:
-            return cls(
-                message, address=self.address, method=method, path=path, status=status, body=body
-            )
-
-        if status == 403:
-            return make(
-                ConsulPermissionDenied,
-                f"Consul at {self.address} denied {where} (403: {body or 'permission denied'}); "
-                "check that the ACL token (X-Consul-Token) grants this permission",
-            )
-        if status == 413:
-            return make(
-                TxnTooLarge,
-                f"Consul at {self.address} refused {where} as too large (413: {body}); "
-                "send fewer operations or smaller values per request",
-            )
-        if status == 429 or status >= 500:
-            return make(
-                ConsulUnavailable,
-                f"Consul at {self.address} could not serve {where} ({status}: {body}); "
-                "check the Consul servers' health and that a leader is elected",
-            )
-        return make(ConsulError, f"Consul at {self.address} rejected {where} ({status}: {body})")
+        return error_for(
+            self.address, method, path, response.status_code, body_excerpt(response.text)
+        )
 
     async def query(
         self,
@@ -517,39 +481,30 @@ class ConsulClient:
         (``definition`` in Consul's JSON form: ``ID``, ``Name``, ``Address``, ``Port``,
         ``Meta``, ``Check``...). With ``replace_existing_checks`` checks missing from the
         definition are removed. Consul rejects invalid Meta with a 400 (ConsulError)."""
-        params: dict[str, str | int] = {}
-        if replace_existing_checks:
-            params["replace-existing-checks"] = "true"
-        await self.request(
-            "PUT", "/v1/agent/service/register", params=params, json_body=dict(definition)
+        await self._call(
+            service_register_call(definition, replace_existing_checks=replace_existing_checks)
         )
 
     async def agent_service_deregister(self, service_id: str) -> None:
         """``PUT /v1/agent/service/deregister/<id>`` (Consul 1.8 answers 200 for an id it
         does not know)."""
-        await self.request("PUT", "/v1/agent/service/deregister/" + quote(service_id, safe=""))
+        await self._call(service_deregister_call(service_id))
 
     async def agent_check_ttl(self, check_id: str, status: CheckStatus, note: str = "") -> None:
         """``PUT /v1/agent/check/<pass|warn|fail>/<check id>?note=...``: set a TTL check's
         status and output and restart its TTL. Raises :class:`ConsulNotFound` when this
         agent has no TTL check of that id (Consul 1.8 says so with a 500 or a 404)."""
-        path = f"/v1/agent/check/{status}/" + quote(check_id, safe="")
-        params: dict[str, str | int] = {"note": note} if note else {}
-        response = await self.request("PUT", path, params=params, accept=(404, 500))
-        if response.status_code in (404, 500):
-            body = response.text[:2000].strip()
-            lowered = body.lower()
-            if "unknown check" in lowered or "does not have associated ttl" in lowered:
-                raise ConsulNotFound(
-                    f"the Consul agent at {self.address} has no TTL check {check_id!r} "
-                    f"({body}); register the service (with its check) again",
-                    address=self.address,
-                    method="PUT",
-                    path=path,
-                    status=response.status_code,
-                    body=body,
-                )
-            raise self._error("PUT", path, response)
+        call = check_ttl_call(check_id, status, note)
+        response = await self._call(call, accept=CHECK_TTL_ACCEPT)
+        if response.status_code in CHECK_TTL_ACCEPT:
+            body = body_excerpt(response.text)
+            missing = check_ttl_missing(self.address, check_id, call, response.status_code, body)
+            raise missing or self._error(call.method, call.path, response)
+
+    async def _call(self, call: ApiCall, *, accept: Collection[int] = ()) -> httpx.Response:
+        return await self.request(
+            call.method, call.path, params=dict(call.params), json_body=call.body, accept=accept
+        )
 
     # --- catalog and health ------------------------------------------------------------
 

@@ -9,6 +9,10 @@ from typing import Any, Literal, get_args
 Protocol = Literal["http", "http2", "grpc", "tcp"]
 PROTOCOLS: frozenset[str] = frozenset(get_args(Protocol))
 
+RegisterOutcome = Literal["created", "updated", "refreshed"]
+"""What a ``register`` did: a new instance, a changed one (address, ports, labels,
+health...), or the same one again (a heartbeat: only its TTL was renewed)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Instance:

@@ -71,16 +71,15 @@ from typing import Any, Protocol
 import trio
 
 from meshd.compile.snapshot import ProxySnapshot
-from registry.base import DEFAULT_TTL_S
-from registry.consul import ConsulRegistry
-from registry.consul_http import ConsulClient
 from registry.consul_meta import instance_meta
+from registry.consul_writer import ConsulWriter
 from registry.errors import (
     ConsulPermissionDenied,
     InstanceNotRegistered,
     InvalidInstance,
     RegistryError,
 )
+from registry.limits import DEFAULT_TTL_S
 from registry.model import Instance
 from sidecar.admin import AdminApp, AdminServer
 from sidecar.config_store import (
@@ -90,6 +89,7 @@ from sidecar.config_store import (
     prepare_state_dir,
     summary,
 )
+from sidecar.consul_agent import ConsulAgentClient, consul_tls
 from sidecar.control_client import (
     Backoff,
     Changed,
@@ -263,16 +263,18 @@ class RegistryLink:
 
 
 class ConsulRegistrar:
-    """With the local Consul agent (``--registry consul``), through
-    :class:`registry.consul.ConsulRegistry`'s write side: the service with one TTL check
-    of two health intervals, renewed with pass/fail and the check's output; meshd
-    (``meshd serve --registry consul``) sees the instance in Consul's catalog. A
-    registry that lost the instance (an agent restarted without its data, or the
-    service reaped after staying critical) gets it registered again."""
+    """With the local Consul agent (``--registry consul``), through the Consul registry's
+    write side (:class:`registry.consul_writer.ConsulWriter`, which meshd's
+    :class:`registry.consul.ConsulRegistry` writes with too; here on
+    :class:`sidecar.consul_agent.ConsulAgentClient`): the service with one TTL check of
+    two health intervals, renewed with pass/fail and the check's output; meshd (``meshd
+    serve --registry consul``) sees the instance in Consul's catalog. A registry that
+    lost the instance (an agent restarted without its data, or the service reaped after
+    staying critical) gets it registered again."""
 
     backend = "consul"
 
-    def __init__(self, registry: ConsulRegistry) -> None:
+    def __init__(self, registry: ConsulWriter) -> None:
         self.registry = registry
         self.where = registry.address
         self.link = RegistryLink(self.where)
@@ -830,28 +832,27 @@ def check_consul_meta(proxy_id: str, registration: Registration) -> None:
 async def open_registrar(
     settings: Settings, client: ControlClient, connectivity: Connectivity
 ) -> AsyncIterator[Registrar]:
-    """Where the instance registers (``--registry``); a Consul client is closed at the
-    end."""
+    """Where the instance registers (``--registry``). Raises :class:`ConfigError` when
+    the ``--consul-ca-file`` cannot be loaded."""
     if settings.registry == "meshd":
         yield MeshdRegistrar(client, connectivity)
         return
     # One request must not outlast a heartbeat interval by much (a hung agent).
     timeout = min(10.0, max(2.0, settings.health.interval_s))
-    consul = ConsulClient(
+    tls = await trio.to_thread.run_sync(consul_tls, settings.consul_addr, settings.consul_ca_file)
+    consul = ConsulAgentClient(
         settings.consul_addr,
         token=settings.consul_token or None,
-        ca_file=settings.consul_ca_file,
-        timeout=timeout,
-        max_connections=4,
+        tls=tls,
+        timeout_s=timeout,
     )
-    async with consul:
-        log.info(
-            "registering with the Consul agent at %s (TTL check of %g s, renewed every %g s)",
-            consul.address,
-            settings.health.ttl_s,
-            settings.health.interval_s,
-        )
-        yield ConsulRegistrar(ConsulRegistry(consul))
+    log.info(
+        "registering with the Consul agent at %s (TTL check of %g s, renewed every %g s)",
+        consul.address,
+        settings.health.ttl_s,
+        settings.health.interval_s,
+    )
+    yield ConsulRegistrar(ConsulWriter(consul))
 
 
 def open_access_log(where: str, *, shared: bool = False) -> AccessLog | None:

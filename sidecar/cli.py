@@ -256,11 +256,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # httpx logs every request at INFO; the sidecar logs lifecycle events, not requests
-    # (except at debug level).
-    if settings.log_level != "debug":
-        for noisy in ("httpx", "httpcore"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
     raise_open_file_limit()
     try:
         trio.run(agent.run, settings)

@@ -15,39 +15,38 @@ Every request authenticates with the workload's certificate (mTLS), never a bear
 token: meshd lets a workload act only for instances of its own namespace and service
 account. The TLS context comes from ``tls()`` (``IdentityManager.control_plane_context``),
 read before every request; identities are immutable, so a renewal or a change of the
-trust roots shows as a *new* context object, and then the client builds a new
-``httpx.AsyncClient`` on it. The old client is closed once the requests still running on
-it (a long poll, typically) have ended: nothing in flight is cut off, and no connection
-made with an old certificate is reused for a new request.
+trust roots shows as a *new* context object. Each request goes out on a connection of its
+own made with the context read for it (:mod:`sidecar.http_client`): a request in flight
+(a long poll, typically) keeps the connection, and the context, it started with and is
+not cut off; the next request uses the new context; no connection made with an old
+certificate is ever reused.
 
-httpx errors and statuses become the typed errors of :mod:`sidecar.errors` here.
-Works under Trio (httpx picks the running async library).
+Transport errors (:class:`~sidecar.errors.HttpClientError`) and statuses become the typed
+errors of :mod:`sidecar.errors` here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-import anyio
-import httpx
-
-from sidecar import __version__
+from sidecar import __version__, http_client
 from sidecar.errors import (
     ControlPlaneError,
     ControlPlaneRejected,
     ControlPlaneUnavailable,
+    HttpClientError,
     InstanceUnknown,
     SidecarError,
 )
+from sidecar.http_client import HttpResponse, Send, build_request
 
 log = logging.getLogger("sidecar.control")
 
@@ -58,8 +57,6 @@ REQUEST_TIMEOUT_S = 10.0
 POLL_GRACE_S = 15.0
 """How much longer than the requested wait a long poll may take before it counts as
 hung (meshd answers at the end of the wait; the network may add a little)."""
-CLOSE_TIMEOUT_S = 2.0
-"""How long closing a retired client may take (its TLS close_notify) before it is cut."""
 
 TlsSource = Callable[[], ssl.SSLContext]
 """What the client asks for the TLS context before each request."""
@@ -126,23 +123,13 @@ PollResult = Changed | Unchanged
 
 class ControlClient:
     """The HTTPS client for all requests to meshd; use as an async context manager.
-    ``tls`` gives the current TLS context (see the module docstring); ``transport`` is
-    for tests."""
+    ``tls`` gives the current TLS context (see the module docstring); ``send`` is for
+    tests (a fake meshd)."""
 
-    def __init__(
-        self,
-        base_url: str,
-        tls: TlsSource,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
+    def __init__(self, base_url: str, tls: TlsSource, *, send: Send | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._tls = tls
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-        self._context: ssl.SSLContext | None = None
-        self._in_use: dict[httpx.AsyncClient, int] = {}
-        self.clients_built = 0
+        self._send = send or http_client.send
         self._closed = False
 
     async def __aenter__(self) -> ControlClient:
@@ -157,51 +144,8 @@ class ControlClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """No new requests from now on (each request's connection closes with it)."""
         self._closed = True
-        client, self._client, self._context = self._client, None, None
-        if client is not None and client not in self._in_use:
-            await _close(client)
-
-    def _build(self, context: ssl.SSLContext) -> httpx.AsyncClient:
-        self.clients_built += 1
-        return httpx.AsyncClient(
-            base_url=self.base_url,
-            verify=context,
-            headers={"User-Agent": USER_AGENT},
-            timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-            # Never through a proxy from the environment: HTTP_PROXY may well point at
-            # this very sidecar's outbound listener.
-            trust_env=False,
-            transport=self._transport,
-        )
-
-    @contextlib.asynccontextmanager
-    async def _lease(self) -> AsyncIterator[httpx.AsyncClient]:
-        """The client for one request: built on the current TLS context (a new one when
-        the context changed), and kept open until the request is done."""
-        if self._closed:
-            raise ControlPlaneUnavailable("the connection to meshd is closed (the sidecar stops)")
-        try:
-            context = self._tls()
-        except (SidecarError, OSError, ssl.SSLError) as exc:
-            raise ControlPlaneUnavailable(f"no TLS context to reach meshd with: {exc}") from exc
-        retired: httpx.AsyncClient | None = None
-        if self._client is None or context is not self._context:
-            retired, self._client, self._context = self._client, self._build(context), context
-        client = self._client
-        self._in_use[client] = self._in_use.get(client, 0) + 1
-        try:
-            if retired is not None and retired not in self._in_use:
-                await _close(retired)
-            yield client
-        finally:
-            left = self._in_use[client] - 1
-            if left:
-                self._in_use[client] = left
-            else:
-                del self._in_use[client]
-                if client is not self._client:  # retired while this request ran
-                    await _close(client)
 
     # --- the requests -------------------------------------------------------------------
 
@@ -220,7 +164,10 @@ class ControlClient:
         """False when meshd did not know the instance (nothing to do)."""
         try:
             await self._request(
-                "DELETE", f"/v1/instances/{_seg(instance_id)}", limits=httpx.Timeout(timeout_s)
+                "DELETE",
+                f"/v1/instances/{_seg(instance_id)}",
+                timeout_s=timeout_s,
+                connect_timeout_s=timeout_s,
             )
         except InstanceUnknown:
             return False
@@ -231,13 +178,11 @@ class ControlClient:
             "GET",
             f"/v1/xds/{_seg(proxy_id)}",
             params={"version": version, "wait": f"{wait_s:g}"},
-            limits=httpx.Timeout(
-                REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S, read=wait_s + POLL_GRACE_S
-            ),
+            timeout_s=wait_s + POLL_GRACE_S,
         )
-        if response.status_code == 304:
+        if response.status == 304:
             return Unchanged()
-        return Changed(response.headers.get(VERSION_HEADER, ""), response.content)
+        return Changed(response.headers.get(VERSION_HEADER, ""), response.body)
 
     async def nack(self, proxy_id: str, version: str, reason: str) -> None:
         await self._request(
@@ -253,20 +198,30 @@ class ControlClient:
         *,
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
-        limits: httpx.Timeout | None = None,
-    ) -> httpx.Response:
+        timeout_s: float = REQUEST_TIMEOUT_S,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    ) -> HttpResponse:
         what = f"{method} {self.base_url}{path}"
+        if self._closed:
+            raise ControlPlaneUnavailable("the connection to meshd is closed (the sidecar stops)")
         try:
-            async with self._lease() as client:
-                response = await client.request(
-                    method,
-                    path,
-                    json=json,
-                    params=params,
-                    timeout=limits if limits is not None else httpx.USE_CLIENT_DEFAULT,
-                )
-        except httpx.HTTPError as exc:
-            reason = _reason(exc)
+            context = self._tls()
+        except (SidecarError, OSError, ssl.SSLError) as exc:
+            raise ControlPlaneUnavailable(f"no TLS context to reach meshd with: {exc}") from exc
+        request = build_request(
+            method,
+            self.base_url + path,
+            params=params,
+            json_body=json,
+            headers=(("User-Agent", USER_AGENT),),
+            tls=context,
+            timeout_s=timeout_s,
+            connect_timeout_s=min(connect_timeout_s, timeout_s),
+        )
+        try:
+            response = await self._send(request)
+        except HttpClientError as exc:
+            reason = exc.reason
             hint = ""
             if "CERTIFICATE_VERIFY_FAILED" in reason:
                 hint = (
@@ -277,7 +232,7 @@ class ControlClient:
                 f"meshd at {self.base_url} is unreachable ({what}: {type(exc).__name__}: "
                 f"{reason}){hint}"
             ) from exc
-        status = response.status_code
+        status = response.status
         if status < 300 or status == 304:
             return response
         detail = _problem_detail(response)
@@ -304,22 +259,7 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
-async def _close(client: httpx.AsyncClient) -> None:
-    """Close a client that no request uses any more: bounded, and also while the
-    caller is being cancelled (its connections must not leak)."""
-    with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
-        await client.aclose()
-
-
-def _reason(exc: BaseException) -> str:
-    """The real reason of an httpx error (often an empty message around an OSError or
-    SSLError): :mod:`sidecar.identity`'s, which imports this module."""
-    from sidecar.identity import _reason as reason_of  # noqa: PLC0415 — import cycle
-
-    return reason_of(exc)
-
-
-def _problem_detail(response: httpx.Response) -> str:
+def _problem_detail(response: HttpResponse) -> str:
     """The ``detail`` of an RFC 9457 problem document, else the start of the body."""
     try:
         body = response.json()

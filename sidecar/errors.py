@@ -1,7 +1,7 @@
 """Typed errors of the sidecar.
 
-Every error says what failed, why, and what to do next. Foreign exceptions (httpx,
-OSError, json) are translated at the edge: ``raise ControlPlaneUnavailable(...) from exc``.
+Every error says what failed, why, and what to do next. Foreign exceptions (OSError,
+ssl, json) are translated at the edge: ``raise ControlPlaneUnavailable(...) from exc``.
 ``mesh-sidecar`` exits 2 on a :class:`ConfigError` (fix the flags) and 1 on any other
 :class:`SidecarError`.
 """
@@ -25,6 +25,41 @@ class StateError(SidecarError):
 
 class AdminServerError(SidecarError):
     """The admin server cannot listen (its port is taken, for one)."""
+
+
+class HttpClientError(SidecarError):
+    """A request of the sidecar's own HTTP client (:mod:`sidecar.http_client`: to meshd,
+    to the local Consul agent) got no usable answer. ``method`` and ``url`` name the
+    request; ``reason`` says why, as the OS, the TLS library or the parser put it. The
+    class names follow httpx's, which the sidecar used before: log lines read the same."""
+
+    def __init__(self, method: str, url: str, reason: str) -> None:
+        super().__init__(f"{method} {url}: {reason}")
+        self.method = method
+        self.url = url
+        self.reason = reason
+
+
+class ConnectError(HttpClientError):
+    """No connection: refused, unreachable, a name that does not resolve."""
+
+
+class TlsError(ConnectError):
+    """The TLS handshake failed: the server's certificate did not verify (the reason then
+    holds ``CERTIFICATE_VERIFY_FAILED`` and OpenSSL's why), or the server refused ours."""
+
+
+class HttpTimeout(HttpClientError):
+    """No connection within the connect timeout, or no complete answer within the
+    request's timeout."""
+
+
+class ConnectionLost(HttpClientError):
+    """The connection broke (reset, closed) before the whole answer had come."""
+
+
+class MalformedResponse(HttpClientError):
+    """The answer is not valid HTTP/1.1, or larger than the client takes."""
 
 
 class ControlPlaneError(SidecarError):

@@ -40,8 +40,8 @@ Contract for listeners and connection pools (the proxy)
 Control plane: ``manager.control_plane_context()`` is the context for HTTPS to meshd:
 it verifies meshd's certificate against the mesh roots (and the CA file) with the
 hostname check on, and presents the current certificate once there is one. It too
-is replaced, never changed: build the httpx client with
-``verify=manager.control_plane_context()`` and build a new client when ``current``
+is replaced, never changed: take ``manager.control_plane_context()`` for each request
+(as :class:`sidecar.control_client.ControlClient` does), or again whenever ``current``
 changes (``await manager.current.wait_newer(version)``).
 
 Roots: call ``await manager.update_roots(snapshot.trust_roots)`` for every snapshot
@@ -66,14 +66,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import httpx
 import trio
 
 from meshd.spiffe import SpiffeId, spiffe_id
 from registry.latest import Latest
-from sidecar import __version__
+from sidecar import __version__, http_client
 from sidecar.control_client import Backoff
-from sidecar.errors import SidecarError, StateError
+from sidecar.errors import HttpClientError, SidecarError, StateError
+from sidecar.http_client import HttpResponse, Send, build_request
 from sidecar.identity_state import SavedIdentity, discard_state, read_state, save_state
 from sidecar.keygen import KeygenError, new_key_and_csr
 from sidecar.settings import Settings
@@ -352,7 +352,7 @@ class IdentityManager:
     ``ca_file`` holds the CA(s) meshd's HTTPS certificate chains to, for the first
     request (afterwards the mesh roots are trusted too). ``trust_domain`` is optional:
     when unknown it is read from ``GET /v1/ca/roots`` before the first CSR.
-    ``transport``, ``clock``, ``rng`` and ``backoff`` are for tests.
+    ``send`` (a fake meshd), ``clock``, ``rng`` and ``backoff`` are for tests.
     """
 
     def __init__(
@@ -368,7 +368,7 @@ class IdentityManager:
         ca_file: Path | None = None,
         trust_domain: str = "",
         alpn: Sequence[str] = DEFAULT_ALPN,
-        transport: httpx.AsyncBaseTransport | None = None,
+        send: Send | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         backoff: Callable[[], Backoff] = _default_backoff,
@@ -388,7 +388,7 @@ class IdentityManager:
         self.last_error: str | None = None
         self._trust_domain = trust_domain
         self._https = urlsplit(self.meshd_url).scheme == "https"
-        self._transport = transport
+        self._send = send or http_client.send
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 — jitter, not secrets
         self._new_backoff = backoff
@@ -912,24 +912,25 @@ class IdentityManager:
         *,
         json: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """One request to meshd with a client made for it (signing is rare: one per
-        half-life), so its TLS settings are always the current ones."""
+        """One request to meshd on a connection of its own, made with ``verify`` (signing
+        is rare: one per half-life), so its TLS settings are always the current ones."""
         what = f"{method} {self.meshd_url}{path}"
-        headers = {"User-Agent": USER_AGENT}
+        headers = [("User-Agent", USER_AGENT)]
         if token:
-            headers["Authorization"] = f"Bearer {token}"
+            headers.append(("Authorization", f"Bearer {token}"))
+        request = build_request(
+            method,
+            self.meshd_url + path,
+            json_body=json,
+            headers=headers,
+            tls=verify,
+            timeout_s=REQUEST_TIMEOUT_S,
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+        )
         try:
-            async with httpx.AsyncClient(
-                base_url=self.meshd_url,
-                verify=verify,
-                headers=headers,
-                timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-                trust_env=False,  # HTTP_PROXY may point at this very sidecar
-                transport=self._transport,
-            ) as client:
-                response = await client.request(method, path, json=json)
-        except httpx.HTTPError as exc:
-            reason = _reason(exc)
+            response = await self._send(request)
+        except HttpClientError as exc:
+            reason = exc.reason
             hint = ""
             if "CERTIFICATE_VERIFY_FAILED" in reason:
                 hint = (
@@ -941,7 +942,7 @@ class IdentityManager:
                 f"meshd at {self.meshd_url} is unreachable ({what}: {type(exc).__name__}: "
                 f"{reason}){hint}"
             ) from exc
-        status = response.status_code
+        status = response.status
         if status == 200:
             try:
                 body = response.json()
@@ -1141,18 +1142,7 @@ def _retry_delay(backoff: Backoff, exc: IdentityError) -> float:
     return delay
 
 
-def _reason(exc: BaseException) -> str:
-    """The first non-empty message along the exception's causes (httpx often wraps an
-    OSError or SSLError in an exception with no message)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if str(seen):
-            return str(seen)
-        seen = seen.__cause__ or seen.__context__
-    return type(exc).__name__
-
-
-def _problem_detail(response: httpx.Response) -> str:
+def _problem_detail(response: HttpResponse) -> str:
     """The ``detail`` of an RFC 9457 problem document, else the start of the body."""
     try:
         body = response.json()

@@ -25,8 +25,8 @@ from typing import Literal, cast
 from urllib.parse import urlsplit
 
 from meshd.netaddr import is_loopback_url
-from registry.consul_http import DEFAULT_ADDRESS as DEFAULT_CONSUL_ADDR
-from registry.consul_http import base_url as consul_base_url
+from registry.consul_api import DEFAULT_ADDRESS as DEFAULT_CONSUL_ADDR
+from registry.consul_api import base_url as consul_base_url
 from sidecar.errors import ConfigError
 from sidecar.health import (
     DEFAULT_HEALTHY_THRESHOLD,

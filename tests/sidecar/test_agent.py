@@ -1,4 +1,4 @@
-"""The agent's protocol logic against a scripted meshd (httpx.MockTransport): apply and
+"""The agent's protocol logic against a scripted meshd (a fake ``send``): apply and
 ACK, NACK and keep the old config, hand every snapshot's trust roots to the identity
 before the ACK, re-register on 404, ride out an unreachable meshd, confirm a saved
 config, heartbeat, deregister; the control client's TLS context following the identity;
@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 import trio.testing
@@ -23,8 +22,9 @@ import trio.testing
 from meshd.compile import codec
 from sidecar.agent import Agent, registration_of
 from sidecar.config_store import SNAPSHOT_FILE, ConfigStore
-from sidecar.control_client import Backoff, Connectivity, ControlClient
-from sidecar.errors import ControlPlaneRejected, ControlPlaneUnavailable
+from sidecar.control_client import Backoff, Connectivity, ControlClient, Unchanged
+from sidecar.errors import ConnectError, ControlPlaneRejected, ControlPlaneUnavailable
+from sidecar.http_client import HttpRequest, HttpResponse
 from sidecar.identity import IdentityError
 from tests.sidecar.support import (
     PROXY,
@@ -34,22 +34,27 @@ from tests.sidecar.support import (
     make_settings,
     make_snapshot,
 )
+from tests.support.processes import LOOPBACK, free_port
 
 MESHD = "https://meshd.test:15012"
 ROOT = "-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n"
-Reply = httpx.Response | Exception
+Reply = HttpResponse | Exception
 
 
-def snapshot_reply(body: bytes, version: str) -> httpx.Response:
-    return httpx.Response(200, content=body, headers={"X-Mesh-Version": version})
+def snapshot_reply(body: bytes, version: str) -> HttpResponse:
+    return HttpResponse.of(200, body=body, headers={"X-Mesh-Version": version})
 
 
-def problem(status: int, detail: str) -> httpx.Response:
-    return httpx.Response(status, json={"status": status, "detail": detail})
+def problem(status: int, detail: str) -> HttpResponse:
+    return HttpResponse.of(status, json_body={"status": status, "detail": detail})
 
 
-def refused() -> httpx.ConnectError:
-    return httpx.ConnectError("[Errno 111] Connection refused")
+def ok(status: int = 200) -> HttpResponse:
+    return HttpResponse.of(status)
+
+
+def refused() -> ConnectError:
+    return ConnectError("GET", MESHD, "[Errno 111] Connection refused")
 
 
 @dataclass
@@ -59,7 +64,7 @@ class FakeMeshd:
 
     polls_script: list[Reply] = field(default_factory=list)
     register_script: list[Reply] = field(default_factory=list)
-    delete_reply: Reply = field(default_factory=lambda: httpx.Response(204))
+    delete_reply: Reply = field(default_factory=lambda: ok(204))
     polls: list[str] = field(default_factory=list)
     registrations: list[dict[str, object]] = field(default_factory=list)
     nacks: list[dict[str, object]] = field(default_factory=list)
@@ -72,7 +77,7 @@ class FakeMeshd:
             self._tick = trio.Event()
         await self._tick.wait()
 
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
         try:
             return await self._answer(request)
         finally:
@@ -84,23 +89,23 @@ class FakeMeshd:
         if tick is not None:
             tick.set()
 
-    async def _answer(self, request: httpx.Request) -> httpx.Response:
+    async def _answer(self, request: HttpRequest) -> HttpResponse:
         # The workload certificate authenticates (mTLS): no bearer token, ever.
-        assert "authorization" not in request.headers
-        path = request.url.path
+        assert request.header("authorization") is None
+        path = request.path
         reply: Reply
         if request.method == "PUT" and path == f"/v1/instances/{PROXY}":
-            self.registrations.append(json.loads(request.content))
-            reply = self.register_script.pop(0) if self.register_script else httpx.Response(200)
+            self.registrations.append(request.json())
+            reply = self.register_script.pop(0) if self.register_script else ok()
         elif request.method == "GET" and path == f"/v1/xds/{PROXY}":
-            self.polls.append(request.url.params["version"])
+            self.polls.append(request.params["version"])
             if not self.polls_script:
                 self._notify()  # recorded: tell the test before hanging
                 await trio.sleep_forever()
             reply = self.polls_script.pop(0)
         elif request.method == "POST" and path == f"/v1/xds/{PROXY}/ack":
-            self.nacks.append(json.loads(request.content))
-            reply = httpx.Response(204)
+            self.nacks.append(request.json())
+            reply = ok(204)
         elif request.method == "DELETE" and path == f"/v1/instances/{PROXY}":
             self.deletes += 1
             reply = self.delete_reply
@@ -143,10 +148,7 @@ def drive(
     agent_box: list[Agent] = []
 
     async def main() -> None:
-        transport = httpx.MockTransport(fake)
-        async with ControlClient(
-            MESHD, identity.control_plane_context, transport=transport
-        ) as client:
+        async with ControlClient(MESHD, identity.control_plane_context, send=fake) as client:
             agent = Agent(
                 settings,
                 PROXY,
@@ -271,9 +273,7 @@ def test_an_unreachable_meshd_leaves_the_config_in_place(
 ) -> None:
     store = ConfigStore(tmp_path, PROXY)
     store.apply(make_snapshot("v1"))
-    fake = FakeMeshd(
-        polls_script=[refused(), refused(), problem(503, "shutting down"), httpx.Response(304)]
-    )
+    fake = FakeMeshd(polls_script=[refused(), refused(), problem(503, "shutting down"), ok(304)])
     agent = drive(tmp_path, fake, lambda: len(fake.polls) == 5, store=store)
     assert fake.polls == ["v1"] * 5
     assert agent.store.version == "v1"
@@ -337,7 +337,7 @@ def test_registration_retries_until_meshd_accepts_it(
 def test_heartbeat_registers_again_periodically(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake = FakeMeshd(register_script=[refused(), httpx.Response(200)])
+    fake = FakeMeshd(register_script=[refused(), ok()])
     agent = drive(
         tmp_path,
         fake,
@@ -358,10 +358,7 @@ def test_heartbeat_waits_while_unregistered(tmp_path: Path) -> None:
 
     async def main() -> None:
         identity = FakeIdentity()
-        transport = httpx.MockTransport(fake)
-        async with ControlClient(
-            MESHD, identity.control_plane_context, transport=transport
-        ) as client:
+        async with ControlClient(MESHD, identity.control_plane_context, send=fake) as client:
             agent = Agent(
                 settings, PROXY, ConfigStore(tmp_path, PROXY), client, Connectivity(MESHD),
                 identity, heartbeat_s=0.001,
@@ -383,7 +380,7 @@ def test_heartbeat_waits_while_unregistered(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("reply", "logged"),
     [
-        (httpx.Response(204), "deregistered instance reviews-0a1b2c3d.default"),
+        (ok(204), "deregistered instance reviews-0a1b2c3d.default"),
         (problem(404, "no instance"), "nothing to deregister"),
         (refused(), "could not deregister instance"),
     ],
@@ -396,10 +393,7 @@ def test_deregister_is_best_effort(
 
     async def main() -> None:
         identity = FakeIdentity()
-        transport = httpx.MockTransport(fake)
-        async with ControlClient(
-            MESHD, identity.control_plane_context, transport=transport
-        ) as client:
+        async with ControlClient(MESHD, identity.control_plane_context, send=fake) as client:
             agent = Agent(
                 settings, PROXY, ConfigStore(tmp_path, PROXY), client, Connectivity(MESHD),
                 identity,
@@ -457,70 +451,83 @@ def test_roots_the_identity_refuses_are_nacked_and_the_old_config_kept(
 # --- the control client ------------------------------------------------------------------------
 
 
-def is_closed(client: httpx.AsyncClient | None) -> bool:
-    assert client is not None
-    return client.is_closed
-
-
-def test_a_new_tls_context_gets_a_new_client_and_the_old_one_closes_after_its_requests(
-    tmp_path: Path,
-) -> None:
+def test_each_request_uses_the_tls_context_current_when_it_starts(tmp_path: Path) -> None:
     """A renewal (or a change of roots) publishes a new context: the next request goes
-    out on a new client; a long poll running on the old one is not cut off, and the old
-    client is closed once it has answered."""
+    out with it; a long poll that started with the old one is not cut off, and ends on
+    the connection (and context) it started with."""
     release = trio.Event()
+    seen: list[tuple[str, ssl.SSLContext | None]] = []
 
-    async def meshd(request: httpx.Request) -> httpx.Response:
-        assert "authorization" not in request.headers
+    async def meshd(request: HttpRequest) -> HttpResponse:
+        assert request.header("authorization") is None
+        seen.append((request.method, request.tls))
         if request.method == "GET":
             await release.wait()
-            return httpx.Response(304)
-        return httpx.Response(200)
+            return ok(304)
+        return ok()
 
     first, second = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     current = [first]
+    polls: list[object] = []
+
+    async def poll(client: ControlClient) -> None:
+        polls.append(await client.poll(PROXY, "v1", 30.0))
 
     async def main() -> None:
-        transport = httpx.MockTransport(meshd)
-        async with ControlClient(MESHD, lambda: current[0], transport=transport) as client:
+        async with ControlClient(MESHD, lambda: current[0], send=meshd) as client:
             await client.register(PROXY, registration_of(make_settings(tmp_path)))
-            await client.register(PROXY, registration_of(make_settings(tmp_path)))
-            assert client.clients_built == 1  # the same context: the same client
-            old = client._client
-            assert old is not None
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(client.poll, PROXY, "v1", 30.0)
+                nursery.start_soon(poll, client)
                 await trio.testing.wait_all_tasks_blocked()
                 current[0] = second  # renewed
                 await client.register(PROXY, registration_of(make_settings(tmp_path)))
-                assert client.clients_built == 2
-                assert client._client is not old
-                assert not is_closed(old)  # the poll still runs on it
+                assert polls == []  # the poll still runs
                 release.set()
-            assert is_closed(old)
-            assert not is_closed(client._client)
-        assert client._client is None
+        assert polls == [Unchanged()]  # and ended normally
+        with pytest.raises(ControlPlaneUnavailable, match="closed"):
+            await client.register(PROXY, registration_of(make_settings(tmp_path)))
 
     trio.run(main)
+    assert seen == [("PUT", first), ("GET", first), ("PUT", second)]
 
 
-def test_transport_errors_say_why(tmp_path: Path) -> None:
-    async def meshd(request: httpx.Request) -> httpx.Response:
-        try:
-            raise ConnectionRefusedError(111, "Connection refused")
-        except OSError as exc:
-            raise httpx.ConnectError("") from exc
+def test_the_poll_waits_longer_than_the_wait(tmp_path: Path) -> None:
+    """A long poll's deadline outlasts meshd's wait (ordinary requests keep theirs)."""
+    seen: list[HttpRequest] = []
+
+    async def meshd(request: HttpRequest) -> HttpResponse:
+        seen.append(request)
+        return ok(304)
 
     async def main() -> None:
         identity = FakeIdentity()
-        transport = httpx.MockTransport(meshd)
-        async with ControlClient(
-            MESHD, identity.control_plane_context, transport=transport
-        ) as client:
+        async with ControlClient(MESHD, identity.control_plane_context, send=meshd) as client:
+            await client.poll(PROXY, "v1", 30.0)
+            await client.register(PROXY, registration_of(make_settings(tmp_path)))
+            await client.deregister(PROXY, timeout_s=3.0)
+
+    trio.run(main)
+    poll, register, deregister = seen
+    assert poll.params == {"version": "v1", "wait": "30"}
+    assert poll.timeout_s > 30.0
+    assert register.timeout_s == 10.0
+    assert deregister.timeout_s == 3.0
+    assert (register.header("user-agent") or "").startswith("mesh-sidecar/")
+    assert register.header("content-type") == "application/json"
+
+
+def test_transport_errors_say_why(tmp_path: Path) -> None:
+    """The OS's reason reaches the message (a real connection to a closed port)."""
+    url = f"https://{LOOPBACK}:{free_port()}"
+
+    async def main() -> None:
+        identity = FakeIdentity()
+        async with ControlClient(url, identity.control_plane_context) as client:
             with pytest.raises(
                 ControlPlaneUnavailable, match=r"ConnectError: \[Errno 111\] Connection refused"
-            ):
+            ) as caught:
                 await client.poll(PROXY, "", 1.0)
+            assert f"meshd at {url} is unreachable (GET {url}/v1/xds/" in str(caught.value)
 
     trio.run(main)
 
@@ -533,8 +540,10 @@ def test_no_tls_context_is_a_retriable_error(tmp_path: Path) -> None:
         raise IdentityError("cannot load the CA file /x/ca.pem to verify meshd with")
 
     async def main() -> None:
-        transport = httpx.MockTransport(lambda request: httpx.Response(200))
-        async with ControlClient(MESHD, no_context, transport=transport) as client:
+        async def meshd(request: HttpRequest) -> HttpResponse:
+            raise AssertionError("no request goes out without a TLS context")
+
+        async with ControlClient(MESHD, no_context, send=meshd) as client:
             with pytest.raises(ControlPlaneUnavailable, match=r"no TLS context .* /x/ca\.pem"):
                 await client.register(PROXY, registration_of(make_settings(tmp_path)))
 
@@ -542,15 +551,12 @@ def test_no_tls_context_is_a_retriable_error(tmp_path: Path) -> None:
 
 
 def test_a_403_says_the_certificate_is_for_another_identity(tmp_path: Path) -> None:
-    async def meshd(request: httpx.Request) -> httpx.Response:
+    async def meshd(request: HttpRequest) -> HttpResponse:
         return problem(403, "spiffe://cluster.local/ns/default/sa/ratings may not act for instance")
 
     async def main() -> None:
         identity = FakeIdentity()
-        transport = httpx.MockTransport(meshd)
-        async with ControlClient(
-            MESHD, identity.control_plane_context, transport=transport
-        ) as client:
+        async with ControlClient(MESHD, identity.control_plane_context, send=meshd) as client:
             with pytest.raises(
                 ControlPlaneRejected, match="check --namespace and --service-account"
             ):

@@ -1,4 +1,4 @@
-"""How the agent reports the app's health, against a scripted meshd (httpx.MockTransport)
+"""How the agent reports the app's health, against a scripted meshd (a fake ``send``)
 and a recording registrar: every registration and heartbeat carries ``healthy``,
 ``ttlSeconds`` (two intervals) and ``healthOutput``; a flip is reported at once, not at
 the next heartbeat; a failed report is retried within the interval and a flip during an
@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 
@@ -28,8 +27,9 @@ from sidecar.agent import Agent, Registrar
 from sidecar.cli import build_parser
 from sidecar.config_store import ConfigStore
 from sidecar.control_client import Backoff, Connectivity, ControlClient, HealthReport, Registration
-from sidecar.errors import ConfigError, ControlPlaneUnavailable
+from sidecar.errors import ConfigError, ConnectError, ControlPlaneUnavailable
 from sidecar.health import CheckResult, HealthCheckConfig, HealthChecker
+from sidecar.http_client import HttpRequest, HttpResponse
 from sidecar.settings import Settings, build_settings
 from tests.sidecar.support import PROXY, FakeIdentity, make_settings, make_snapshot
 
@@ -47,15 +47,15 @@ class Meshd:
     """PUT /v1/instances answers from ``put_script`` (then 200); polls answer from
     ``poll_script`` (then hang)."""
 
-    put_script: list[httpx.Response | Exception] = field(default_factory=list)
-    poll_script: list[httpx.Response] = field(default_factory=list)
+    put_script: list[HttpResponse | Exception] = field(default_factory=list)
+    poll_script: list[HttpResponse] = field(default_factory=list)
     puts: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     polls: int = 0
 
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.method == "PUT":
-            self.puts.append((trio.current_time(), json.loads(request.content)))
-            reply = self.put_script.pop(0) if self.put_script else httpx.Response(200)
+            self.puts.append((trio.current_time(), request.json()))
+            reply = self.put_script.pop(0) if self.put_script else HttpResponse.of(200)
             if isinstance(reply, Exception):
                 raise reply
             return reply
@@ -64,7 +64,7 @@ class Meshd:
             if self.poll_script:
                 return self.poll_script.pop(0)
             await trio.sleep_forever()
-        return httpx.Response(418)
+        return HttpResponse.of(418)
 
 
 async def until(predicate: Callable[[], bool]) -> None:
@@ -91,9 +91,7 @@ async def with_agent(
     registrar: Registrar | None = None,
 ) -> Agent:
     identity = FakeIdentity()
-    async with ControlClient(
-        MESHD, identity.control_plane_context, transport=httpx.MockTransport(meshd)
-    ) as client:
+    async with ControlClient(MESHD, identity.control_plane_context, send=meshd) as client:
         agent = Agent(
             make_settings(tmp_path, poll_wait="1"),
             PROXY,
@@ -193,7 +191,7 @@ def test_failed_reports_are_retried_within_the_interval_without_spinning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="sidecar")
-    refused = httpx.ConnectError("[Errno 111] Connection refused")
+    refused = ConnectError("PUT", MESHD, "[Errno 111] Connection refused")
     meshd = Meshd()
     health = checker()
     health.take(result(True, "ok"))
@@ -263,11 +261,11 @@ def test_consul_mode_waits_for_meshd_to_see_the_instance(
 ) -> None:
     caplog.set_level(logging.INFO, logger="sidecar")
     monkeypatch.setattr(agent_module, "NOT_SEEN_WARN_S", 0.02)
-    not_known = httpx.Response(404, json={"detail": "proxy is not known"})
+    not_known = HttpResponse.of(404, json_body={"detail": "proxy is not known"})
     snapshot = make_snapshot("v1")
     meshd = Meshd(
         poll_script=[not_known] * 30
-        + [httpx.Response(200, content=codec.dumps(snapshot), headers={"X-Mesh-Version": "v1"})]
+        + [HttpResponse.of(200, body=codec.dumps(snapshot), headers={"X-Mesh-Version": "v1"})]
     )
     registrar = RecordingRegistrar()
     health = checker()

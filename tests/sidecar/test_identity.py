@@ -1,6 +1,6 @@
 """The sidecar's identity without meshd: CSR shape, the renewal schedule and expiry
 levels as pure functions, the private state file, and the IdentityManager's lifecycle
-against a fake CA endpoint (httpx.MockTransport): first certificate with the join token,
+against a fake CA endpoint (a fake ``send``): first certificate with the join token,
 retries, fatal refusals, renewal over mTLS, saved state, warnings as expiry nears."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import pytest
 import trio
 from cryptography import x509
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshd.spiffe import parse_spiffe_id
+from sidecar.http_client import HttpResponse
 from sidecar.identity import (
     CertificateNotAccepted,
     Identity,
@@ -58,6 +58,7 @@ from tests.sidecar.test_identity_support import (
     messages,
     pem,
     problem,
+    refused,
 )
 
 LOGGER = "sidecar.identity"
@@ -325,12 +326,12 @@ def test_first_certificate_is_retried_while_meshd_is_unavailable(
     fake = FakeMeshdCa(
         TestCa(),
         script=[
-            httpx.ConnectError("[Errno 111] Connection refused"),
-            httpx.ConnectError("[Errno 111] Connection refused"),
+            refused(),
+            refused(),
             problem(503, "ca-unavailable: the CA backend is down"),
             problem(503, "ca-unavailable: the CA backend is down"),
             problem(429, "too many requests", **{"Retry-After": "0"}),
-            httpx.Response(200, text="not json"),
+            HttpResponse.of(200, body=b"not json"),
         ],
     )
     manager = make_manager(tmp_path, fake, trust_domain="cluster.local")

@@ -1,5 +1,5 @@
 """Helpers of the identity tests (no tests here): a test CA that signs SPIFFE leaves
-from CSRs, a fake meshd CA endpoint for ``httpx.MockTransport``, and small Trio TLS
+from CSRs, a fake meshd CA endpoint (the ``send`` of an IdentityManager), and small Trio TLS
 echo servers and clients. Named ``test_identity_*`` only to sit with the identity tests."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
-import json
 import logging
 import math
 import ssl
@@ -17,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sidecar.control_client import Backoff
+from sidecar.errors import ConnectError
+from sidecar.http_client import HttpRequest, HttpResponse
 from sidecar.identity import IdentityManager
 
 TRUST_DOMAIN = "cluster.local"
@@ -129,12 +129,14 @@ class TestCa:
         lifetime: datetime.timedelta = datetime.timedelta(hours=1),
         not_before: datetime.datetime | None = None,
         ips: tuple[str, ...] = (),
+        dns: tuple[str, ...] = (),
     ) -> x509.Certificate:
         start = not_before or datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
         names: list[x509.GeneralName] = []
         if spiffe:
             names.append(x509.UniformResourceIdentifier(spiffe))
         names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        names += [x509.DNSName(name) for name in dns]
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
@@ -166,11 +168,12 @@ class TestCa:
         spiffe: str | None = SPIFFE,
         *,
         ips: tuple[str, ...] = (),
+        dns: tuple[str, ...] = (),
         name: str = "peer.pem",
     ) -> Path:
         """A new key and leaf (+ chain) in one PEM file for ``load_cert_chain``."""
         key = ec.generate_private_key(ec.SECP256R1())
-        leaf = self.issue(key.public_key(), spiffe, ips=ips)
+        leaf = self.issue(key.public_key(), spiffe, ips=ips, dns=dns)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / name
         path.write_text(key_pem(key) + pem(leaf) + self.chain_pem)
@@ -178,10 +181,10 @@ class TestCa:
         return path
 
 
-# --- a fake meshd CA (for httpx.MockTransport) ------------------------------------------
+# --- a fake meshd CA (an IdentityManager's send) ------------------------------------------
 
 
-Reply = httpx.Response | Exception
+Reply = HttpResponse | Exception
 
 
 @dataclass
@@ -210,16 +213,19 @@ class FakeMeshdCa:
     def roots(self) -> list[TestCa]:
         return self.bundle or [self.signing]
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/ca/roots":
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.answer(request)
+
+    def answer(self, request: HttpRequest) -> HttpResponse:
+        if request.path == "/v1/ca/roots":
             if self.down:
-                raise httpx.ConnectError("[Errno 111] Connection refused")
+                raise refused(request)
             self.roots_requests += 1
             if self.roots_script:
                 return _reply(self.roots_script.pop(0))
-            return httpx.Response(
+            return HttpResponse.of(
                 200,
-                json={
+                json_body={
                     "trustDomain": TRUST_DOMAIN,
                     "digest": "x",
                     "roots": [
@@ -228,17 +234,17 @@ class FakeMeshdCa:
                     ],
                 },
             )
-        assert request.url.path == "/v1/ca/sign", request.url.path
+        assert request.path == "/v1/ca/sign", request.path
         assert request.method == "POST"
-        self.authorizations.append(request.headers.get("authorization"))
+        self.authorizations.append(request.header("authorization"))
         if self.down:
-            raise httpx.ConnectError("[Errno 111] Connection refused")
-        body = json.loads(request.content)
+            raise refused(request)
+        body = request.json()
         self.signs.append(body)
         self.sign_times.append(time.time())
         if self.script:
             return _reply(self.script.pop(0))
-        return httpx.Response(200, json=self.sign(body["csr"]))
+        return HttpResponse.of(200, json_body=self.sign(body["csr"]))
 
     def sign(self, csr_pem: str) -> dict[str, Any]:
         csr = x509.load_pem_x509_csr(csr_pem.encode())
@@ -265,16 +271,22 @@ class FakeMeshdCa:
         return self.tamper(answer) if self.tamper else answer
 
 
-def _reply(reply: Reply) -> httpx.Response:
+def _reply(reply: Reply) -> HttpResponse:
     if isinstance(reply, Exception):
         raise reply
     return reply
 
 
-def problem(status: int, detail: str, **headers: str) -> httpx.Response:
-    return httpx.Response(
+def refused(request: HttpRequest | None = None) -> ConnectError:
+    """What the client raises when meshd's port is closed."""
+    method, url = (request.method, request.url) if request else ("POST", "https://meshd.test")
+    return ConnectError(method, url, "[Errno 111] Connection refused")
+
+
+def problem(status: int, detail: str, **headers: str) -> HttpResponse:
+    return HttpResponse.of(
         status,
-        json={"status": status, "detail": detail},
+        json_body={"status": status, "detail": detail},
         headers={"content-type": "application/problem+json", **headers},
     )
 
@@ -293,7 +305,7 @@ def make_manager(
 ) -> IdentityManager:
     options: dict[str, Any] = {"backoff": fast_backoff}
     if fake is not None:
-        options["transport"] = httpx.MockTransport(fake)
+        options["send"] = fake
     options.update(kwargs)
     return IdentityManager(
         meshd_url=meshd_url,

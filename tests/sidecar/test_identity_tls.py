@@ -10,11 +10,11 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 from cryptography import x509
 
+from sidecar.http_client import HttpRequest, build_request, send
 from sidecar.identity import (
     Identity,
     IdentityManager,
@@ -283,13 +283,13 @@ class HttpsCa:
                 body += await stream.receive_some(65536)
             peer = peer_spiffe_id(stream)
             self.peers.append(str(peer) if peer else None)
-            request = httpx.Request(
-                method, f"https://127.0.0.1{target}", headers=headers, content=body
+            request = HttpRequest(
+                method, f"https://127.0.0.1{target}", headers=tuple(headers), body=body
             )
-            response = self.fake(request)
-            out = response.read()
+            response = self.fake.answer(request)
+            out = response.body
             await stream.send_all(
-                f"HTTP/1.1 {response.status_code} X\r\ncontent-type: application/json\r\n"
+                f"HTTP/1.1 {response.status} X\r\ncontent-type: application/json\r\n"
                 f"content-length: {len(out)}\r\nconnection: close\r\n\r\n".encode()
                 + out
             )
@@ -321,9 +321,14 @@ def test_first_certificate_and_renewal_over_https_and_mtls(tmp_path: Path) -> No
             result["serials"] = (first.serial, second.serial)
             # The control-plane context now presents our certificate to meshd.
             assert manager.control_plane_context() is second.control_context
-            async with httpx.AsyncClient(verify=manager.control_plane_context()) as http:
-                response = await http.get(f"https://127.0.0.1:{port}/v1/ca/roots")
-                assert response.status_code == 200
+            response = await send(
+                build_request(
+                    "GET",
+                    f"https://127.0.0.1:{port}/v1/ca/roots",
+                    tls=manager.control_plane_context(),
+                )
+            )
+            assert response.status == 200
             nursery.cancel_scope.cancel()
 
     trio.run(main)

@@ -1,8 +1,9 @@
 """The sidecar's side of the registry contract, one suite run against both ways a
 sidecar registers: ``--registry meshd`` (:class:`MeshdRegistrar`: meshd's API over mTLS
 with a real workload certificate, meshd on its embedded registry) and ``--registry
-consul`` (:class:`ConsulRegistrar`: a real ``consul agent -dev``, seen by a real
-``meshd serve --registry consul``). What meshd shows in ``/v1/services`` is the truth
+consul`` (:class:`ConsulRegistrar` on the sidecar's own Consul client, as
+``open_registrar`` builds it: a real ``consul agent -dev``, seen by a real ``meshd serve
+--registry consul``). What meshd shows in ``/v1/services`` is the truth
 both are held to:
 
 register healthy -> healthy, with labels and output; report unhealthy -> unhealthy with
@@ -27,8 +28,7 @@ import httpx
 import pytest
 import trio
 
-from registry.consul import ConsulRegistry
-from registry.consul_http import ConsulClient
+from registry.consul_writer import ConsulWriter
 from sidecar.agent import (
     REGISTRATION_ERRORS,
     ConsulRegistrar,
@@ -36,6 +36,7 @@ from sidecar.agent import (
     Registrar,
     RegistryUnavailable,
 )
+from sidecar.consul_agent import ConsulAgentClient
 from sidecar.control_client import Connectivity, ControlClient, HealthReport, Registration
 from sidecar.errors import ControlPlaneUnavailable
 from sidecar.identity import IdentityManager
@@ -136,12 +137,12 @@ async def world(
                 )
                 assert reply.status_code == 200, reply.text
 
-            async with ConsulClient(consul.http_addr) as consul_client:
-                try:
-                    registrar = ConsulRegistrar(ConsulRegistry(consul_client))
-                    yield World(meshd, registrar, ns, service, proxy, forget)
-                finally:
-                    await consul_client.agent_service_deregister(proxy)
+            consul_client = ConsulAgentClient(consul.http_addr)
+            try:
+                registrar = ConsulRegistrar(ConsulWriter(consul_client))
+                yield World(meshd, registrar, ns, service, proxy, forget)
+            finally:
+                await consul_client.agent_service_deregister(proxy)
         nursery.cancel_scope.cancel()
 
 
@@ -232,15 +233,16 @@ def test_an_unreachable_registry_is_a_retriable_error() -> None:
     registration = Registration("svc", "ns", LOOPBACK, 15006, 8080, "http")
 
     async def main() -> None:
-        async with ConsulClient(f"{LOOPBACK}:{free_port()}", timeout=2.0) as client:
-            consul = ConsulRegistrar(ConsulRegistry(client))
-            for call in (consul.register, consul.report):
-                with pytest.raises(RegistryUnavailable, match="is unreachable") as caught:
-                    await call("svc-1.ns", registration, OK)
-                assert isinstance(caught.value, REGISTRATION_ERRORS)
-            assert consul.last_error is not None
-            with pytest.raises(RegistryUnavailable):
-                await consul.deregister("svc-1.ns", timeout_s=2.0)
+        client = ConsulAgentClient(f"{LOOPBACK}:{free_port()}", timeout_s=2.0)
+        consul = ConsulRegistrar(ConsulWriter(client))
+        for call in (consul.register, consul.report):
+            with pytest.raises(RegistryUnavailable, match="is unreachable") as caught:
+                await call("svc-1.ns", registration, OK)
+            assert isinstance(caught.value, REGISTRATION_ERRORS)
+            assert "Connection refused" in str(caught.value)
+        assert consul.last_error is not None
+        with pytest.raises(RegistryUnavailable):
+            await consul.deregister("svc-1.ns", timeout_s=2.0)
         url = f"https://{LOOPBACK}:{free_port()}"
         async with ControlClient(url, ssl.create_default_context) as control:
             meshd = MeshdRegistrar(control, Connectivity(url))
