@@ -852,7 +852,10 @@ async def open_registrar(
         settings.health.ttl_s,
         settings.health.interval_s,
     )
-    yield ConsulRegistrar(ConsulWriter(consul))
+    try:
+        yield ConsulRegistrar(ConsulWriter(consul))
+    finally:
+        await consul.aclose()
 
 
 def open_access_log(where: str, *, shared: bool = False) -> AccessLog | None:

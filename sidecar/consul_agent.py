@@ -80,7 +80,13 @@ class ConsulAgentClient:
         if token:
             self._headers.append(("X-Consul-Token", token))
         self._tls = tls
-        self._send = send or http_client.send
+        # A TTL update every health interval: keep the connection alive between them.
+        self._pool = http_client.ConnectionPool()
+        self._send = send or self._pool.send
+
+    async def aclose(self) -> None:
+        """Close the idle connection(s) to the agent."""
+        await self._pool.aclose()
 
     async def agent_service_register(
         self, definition: Mapping[str, Any], *, replace_existing_checks: bool = True

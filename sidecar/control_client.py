@@ -129,7 +129,9 @@ class ControlClient:
     def __init__(self, base_url: str, tls: TlsSource, *, send: Send | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._tls = tls
-        self._send = send or http_client.send
+        # Heartbeats every few seconds and back-to-back polls: keep connections alive.
+        self._pool = http_client.ConnectionPool()
+        self._send = send or self._pool.send
         self._closed = False
 
     async def __aenter__(self) -> ControlClient:
@@ -144,8 +146,10 @@ class ControlClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """No new requests from now on (each request's connection closes with it)."""
+        """No new requests from now on; idle connections are closed (a request still
+        running closes its own when it ends)."""
         self._closed = True
+        await self._pool.aclose()
 
     # --- the requests -------------------------------------------------------------------
 

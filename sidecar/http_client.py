@@ -10,12 +10,15 @@ sidecar holds anyway: Trio's sockets and TLS, and the proxy's sans-IO HTTP/1.1 l
 (:mod:`sidecar.protocol`: llhttp, through httptools, parses the response head, and the
 body is framed by Content-Length, chunked, or the end of the connection).
 
-One connection per request, closed after its answer (the request says ``Connection:
-close``). The traffic is a handful of requests a minute, and a long poll holds a
-connection of its own for its whole wait anyway, so a pool would save next to nothing;
-and a fresh connection is always made with the TLS context the caller gives now (after a
-certificate renewal or a change of roots), so a connection made with an old certificate
-is never reused and there is nothing to retire.
+:func:`send` uses one connection per request, closed after its answer (the request says
+``Connection: close``): for requests made once in a while, like certificate signing.
+A :class:`ConnectionPool` keeps connections alive between requests, for a client that
+asks the same server every few seconds (heartbeats, TTL updates, config polls): without
+it each of them would cost both sides a TLS handshake, and meshd serves thousands of
+sidecars. A pooled connection is only reused with the very TLS context object it was
+made with, so after a certificate renewal or a change of roots new requests get new
+connections; connections made with the old context end after
+:data:`IDLE_REUSE_S` unused.
 
 Never through a proxy: proxy environment variables (``HTTP_PROXY``...) are not read; they
 may well point at this very sidecar's outbound listener.
@@ -63,6 +66,7 @@ __all__ = [
     "CONNECT_TIMEOUT_S",
     "MAX_RESPONSE_BYTES",
     "REQUEST_TIMEOUT_S",
+    "ConnectionPool",
     "HttpRequest",
     "HttpResponse",
     "ResponseHeaders",
@@ -80,6 +84,14 @@ MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 """A body larger than this is refused rather than held: a runaway answer must not take
 the sidecar's memory. A snapshot of a large mesh is a few megabytes."""
 RECEIVE_SIZE = 64 * 1024
+IDLE_REUSE_S = 30.0
+"""A pooled connection unused for longer is closed, not reused: well inside the idle
+timeouts servers apply (meshd's is 75 s), and old TLS contexts' connections end."""
+MAX_IDLE_PER_ORIGIN = 2
+"""Idle connections kept per server and TLS context: a long poll and a heartbeat at once."""
+_RETRY_ON_A_NEW_CONNECTION = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS"))
+"""Idempotent methods: when a reused connection turns out to be closed by the server (it
+may close an idle connection just as we send), these are sent again on a new one."""
 
 # The client writes these itself (one connection per request, one body per request).
 _OWN_FIELDS = frozenset(("host", "connection", "content-length", "transfer-encoding"))
@@ -310,22 +322,149 @@ async def _connect(request: HttpRequest, where: _Target) -> trio.abc.Stream:
     )
 
 
-def _head_fields(request: HttpRequest, where: _Target) -> list[tuple[str, str]]:
+class ConnectionPool:
+    """Sends like :func:`send`, keeping connections alive for the next request to the
+    same server with the same TLS context (see the module docstring). Use one per
+    client object; :meth:`aclose` closes the idle connections."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[bool, str, int, ssl.SSLContext | None], list[_Pooled]] = {}
+        self._connections = 0
+
+    @property
+    def connections_made(self) -> int:
+        """How many connections this pool has opened (for tests and logs)."""
+        return self._connections
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        """As :func:`send`. A request on a reused connection that the server had closed
+        is sent again on a new connection when its method is idempotent."""
+        where = _target_of(request)
+        key = (where.https, where.host, where.port, request.tls)
+        with trio.move_on_after(request.timeout_s):
+            pooled = self._take(key)
+            if pooled is not None:
+                try:
+                    return await self._exchange(key, pooled, request, where)
+                except ConnectionLost:
+                    if request.method.upper() not in _RETRY_ON_A_NEW_CONNECTION:
+                        raise
+            stream = await _connect(request, where)
+            self._connections += 1
+            return await self._exchange(key, _Pooled(stream), request, where)
+        raise HttpTimeout(
+            request.method, request.url, f"no complete answer within {request.timeout_s:g} s"
+        )
+
+    async def _exchange(
+        self,
+        key: tuple[bool, str, int, ssl.SSLContext | None],
+        pooled: _Pooled,
+        request: HttpRequest,
+        where: _Target,
+    ) -> HttpResponse:
+        conn = ClientConnection()
+        kept = False
+        try:
+            response = await _exchange(pooled.stream, request, where, conn, keep_alive=True)
+            if conn.keep_alive and not conn.trailing_data:
+                pooled.since = trio.current_time()
+                self._idle.setdefault(key, []).append(pooled)
+                kept = True
+                self._trim(key)
+            return response
+        finally:
+            if not kept:
+                await _close(pooled.stream)
+
+    def _take(self, key: tuple[bool, str, int, ssl.SSLContext | None]) -> _Pooled | None:
+        """The most recently used idle connection that is still open and quiet, if any;
+        the expired ones of every server are dropped on the way."""
+        now = trio.current_time()
+        for other in list(self._idle):
+            fresh = []
+            for pooled in self._idle[other]:
+                if now - pooled.since <= IDLE_REUSE_S:
+                    fresh.append(pooled)
+                else:
+                    _close_now(pooled.stream)
+            if fresh:
+                self._idle[other] = fresh
+            else:
+                del self._idle[other]
+        waiting = self._idle.get(key)
+        while waiting:
+            pooled = waiting.pop()
+            if _quiet(pooled.stream):
+                return pooled
+            _close_now(pooled.stream)
+        return None
+
+    def _trim(self, key: tuple[bool, str, int, ssl.SSLContext | None]) -> None:
+        waiting = self._idle[key]
+        while len(waiting) > MAX_IDLE_PER_ORIGIN:
+            _close_now(waiting.pop(0).stream)
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, {}
+        for waiting in idle.values():
+            for pooled in waiting:
+                await _close(pooled.stream)
+
+
+@dataclass(slots=True)
+class _Pooled:
+    stream: trio.abc.Stream
+    since: float = 0.0
+
+
+def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    return inner.socket if isinstance(inner, trio.SocketStream) else None
+
+
+def _quiet(stream: trio.abc.Stream) -> bool:
+    """An idle keep-alive connection is reusable while the server has sent nothing: no
+    end of stream, no TLS close_notify, no stray bytes (a poll; nothing is read)."""
+    sock = _raw_socket(stream)
+    return sock is not None and not sock.is_readable()
+
+
+def _close_now(stream: trio.abc.Stream) -> None:
+    """Close without a TLS close_notify (from synchronous code; the server is idle)."""
+    sock = _raw_socket(stream)
+    if sock is not None:
+        sock.close()
+
+
+def _head_fields(
+    request: HttpRequest, where: _Target, *, keep_alive: bool = False
+) -> list[tuple[str, str]]:
     fields = [("Host", where.authority)]
     fields += [(k, v) for k, v in request.headers if k.lower() not in _OWN_FIELDS]
     body = request.body or b""
     if body or request.method.upper() in _BODY_METHODS:
         fields.append(("Content-Length", str(len(body))))
-    fields.append(("Connection", "close"))
+    if not keep_alive:
+        fields.append(("Connection", "close"))
     return fields
 
 
-async def _exchange(stream: trio.abc.Stream, request: HttpRequest, where: _Target) -> HttpResponse:
+async def _exchange(
+    stream: trio.abc.Stream,
+    request: HttpRequest,
+    where: _Target,
+    conn: ClientConnection | None = None,
+    *,
+    keep_alive: bool = False,
+) -> HttpResponse:
     method, url = request.method, request.url
-    conn = ClientConnection()
+    conn = conn or ClientConnection()
     try:
         head = Request(
-            method.upper().encode("ascii"), where.target, Headers(_head_fields(request, where))
+            method.upper().encode("ascii"),
+            where.target,
+            Headers(_head_fields(request, where, keep_alive=keep_alive)),
         )
         out = conn.send(head)
         if request.body:

@@ -261,6 +261,10 @@ class Tls:
 
 @pytest.fixture
 def tls(tmp_path: Path) -> Tls:
+    return make_tls(tmp_path)
+
+
+def make_tls(tmp_path: Path) -> Tls:
     ca = TestCa("http client test CA")
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     creds = ca.credentials(tmp_path, None, ips=(LOOPBACK,), dns=("localhost",), name="s.pem")

@@ -143,6 +143,7 @@ async def world(
                 yield World(meshd, registrar, ns, service, proxy, forget)
             finally:
                 await consul_client.agent_service_deregister(proxy)
+                await consul_client.aclose()
         nursery.cancel_scope.cancel()
 
 
