@@ -421,6 +421,15 @@ def test_an_unusable_certificate_is_never_installed(
     assert not (tmp_path / STATE_FILE).exists()
 
 
+def test_a_certificate_that_starts_in_the_future_of_our_clock_is_taken(tmp_path: Path) -> None:
+    # This host's clock runs 5 minutes behind meshd's: the chain is checked, not dates.
+    fake = FakeMeshdCa(TestCa(intermediate=True), backdate=datetime.timedelta(minutes=-5))
+    manager = make_manager(tmp_path, fake, trust_domain="cluster.local")
+    identity = run(manager.renew_now)
+    assert identity.not_before.timestamp() > time.time() + 240
+    assert manager.current.value is identity
+
+
 def test_renewal_authenticates_with_the_certificate_not_the_token(tmp_path: Path) -> None:
     fake = FakeMeshdCa(TestCa(intermediate=True))
     manager = make_manager(tmp_path, fake)
