@@ -214,10 +214,17 @@ def test_prometheus_has_istio_metrics_for_the_demo(stack: Stack) -> None:
         context=lambda: json.dumps(query("up")),
     )
     assert "api" in services, services
-    callers = series_for(
-        'sum by (source_workload) (istio_requests_total{reporter="source",'
-        'destination_service_name="api"})',
-        "source_workload",
+    # The calling side's series come from another target (web's sidecar), scraped on its
+    # own schedule: it may lag the destination's by up to a scrape interval.
+    callers = eventually(
+        "Prometheus to scrape istio_requests_total for api (reporter=source)",
+        lambda: series_for(
+            'sum by (source_workload) (istio_requests_total{reporter="source",'
+            'destination_service_name="api"})',
+            "source_workload",
+        ),
+        timeout=30,
+        context=lambda: json.dumps(query("up")),
     )
     assert callers == {"web"}, callers
     assert series_for(
