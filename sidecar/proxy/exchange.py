@@ -318,9 +318,20 @@ async def protocol_error_reply(ds: Downstream, exc: ProtocolError) -> int:
 class Target:
     """Where one attempt goes: ``host:port``, plaintext or mesh mTLS expecting one of
     ``expected``. ``load`` is the endpoint's in-flight count (least-request balancing);
-    ``peer`` its telemetry labels; ``key`` what retries avoid."""
+    ``peer`` its telemetry labels; ``key`` what retries avoid; ``extra`` response fields
+    this choice adds (a consistent-hash cookie to set)."""
 
-    __slots__ = ("connect_timeout_s", "expected", "host", "key", "load", "peer", "port", "secure")
+    __slots__ = (
+        "connect_timeout_s",
+        "expected",
+        "extra",
+        "host",
+        "key",
+        "load",
+        "peer",
+        "port",
+        "secure",
+    )
 
     def __init__(
         self,
@@ -333,6 +344,7 @@ class Target:
         load: Load | None = None,
         peer: Workload = UNKNOWN_WORKLOAD,
         key: object = None,
+        extra: tuple[Field, ...] = (),
     ) -> None:
         self.host = host
         self.port = port
@@ -342,6 +354,7 @@ class Target:
         self.load = load
         self.peer = peer
         self.key = key if key is not None else (host, port)
+        self.extra = extra
 
 
 Chooser = Callable[[list[object]], "Target | None"]
@@ -500,6 +513,8 @@ async def _attempts(
     try:
         while True:
             target = plan.choose(tried)
+            if target is not None and target.extra:
+                plan.extra = target.extra
             if target is None:
                 facts.status = 503
                 facts.flag("UH")

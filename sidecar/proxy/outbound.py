@@ -219,6 +219,8 @@ class OutboundListener:
         )
         source_ip = ds.peer_ip
 
+        # Must not refer to ``plan``: a cycle would leave every request's objects to the
+        # cyclic garbage collector (a set-cookie travels on the Target instead).
         def choose(tried: list[object]) -> Target | None:
             choice = balancer.choose(rng, view, source_ip, tried)  # type: ignore[arg-type]
             if choice is None:
@@ -227,8 +229,6 @@ class OutboundListener:
                 where = destination_of(view.authority)
                 return None if where is None else Target(where[0], where[1])
             assert isinstance(choice, Choice)
-            if choice.set_cookie is not None:
-                plan.extra = ((b"set-cookie", choice.set_cookie.header_value().encode("latin-1")),)
             return _target(info, choice)
 
         plan.choose = choose
@@ -335,6 +335,8 @@ def _target(info: ClusterInfo, choice: Choice) -> Target:
     )
     if peer is not None:
         target.peer = peer
+    if choice.set_cookie is not None:
+        target.extra = ((b"set-cookie", choice.set_cookie.header_value().encode("latin-1")),)
     return target
 
 
