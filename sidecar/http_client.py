@@ -345,24 +345,26 @@ class ConnectionPool:
             pooled = self._take(key)
             if pooled is not None:
                 try:
-                    return await self._exchange(key, pooled, request, where)
+                    return await self._send_on(key, pooled, request, where)
                 except ConnectionLost:
                     if request.method.upper() not in _RETRY_ON_A_NEW_CONNECTION:
                         raise
             stream = await _connect(request, where)
             self._connections += 1
-            return await self._exchange(key, _Pooled(stream), request, where)
+            return await self._send_on(key, _Pooled(stream), request, where)
         raise HttpTimeout(
             request.method, request.url, f"no complete answer within {request.timeout_s:g} s"
         )
 
-    async def _exchange(
+    async def _send_on(
         self,
         key: tuple[bool, str, int, ssl.SSLContext | None],
         pooled: _Pooled,
         request: HttpRequest,
         where: _Target,
     ) -> HttpResponse:
+        """One exchange on ``pooled``; it goes back to the pool when it may carry another
+        request, and is closed otherwise (also when the exchange fails)."""
         conn = ClientConnection()
         kept = False
         try:

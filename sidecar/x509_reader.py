@@ -22,9 +22,6 @@ from datetime import UTC, datetime
 
 from meshd.spiffe import SpiffeId, parse_spiffe_id
 
-_PEM_CERT = re.compile(
-    r"-----BEGIN CERTIFICATE-----\s*(.*?)\s*-----END CERTIFICATE-----", re.DOTALL
-)
 _PEM_ANY = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)\s*-----END \1-----", re.DOTALL)
 
 _SEQUENCE = 0x30
@@ -77,26 +74,35 @@ def spiffe_id_in(uris: Sequence[str]) -> SpiffeId | None:
 # --- PEM ------------------------------------------------------------------------------------
 
 
-def pem_certificates(text: str) -> list[bytes]:
-    """The DER of every ``CERTIFICATE`` block in ``text``, in order. ValueError when there
-    is none or one is not base64 of a certificate."""
-    blocks = _PEM_CERT.findall(text)
+def _read_pem(text: str) -> list[tuple[bytes, CertFacts]]:
+    """Every ``CERTIFICATE`` block in ``text``, in order: its DER and its facts (each one
+    read once). ValueError when there is none or one is not a certificate."""
+    blocks = [body for label, body in _PEM_ANY.findall(text) if label == "CERTIFICATE"]
     if not blocks:
         raise ValueError("no PEM certificate found")
     out = []
     for i, body in enumerate(blocks):
         der = _b64(body, f"certificate {i + 1}")
-        read_certificate(der)  # well formed, or ValueError
-        out.append(der)
+        out.append((der, read_certificate(der)))
     return out
+
+
+def _single(text: str) -> tuple[bytes, CertFacts]:
+    found = _read_pem(text)
+    if len(found) != 1:
+        raise ValueError(f"expected one certificate, found {len(found)}")
+    return found[0]
+
+
+def pem_certificates(text: str) -> list[bytes]:
+    """The DER of every ``CERTIFICATE`` block in ``text``, in order. ValueError when there
+    is none or one is not base64 of a certificate."""
+    return [der for der, _ in _read_pem(text)]
 
 
 def pem_certificate(text: str) -> bytes:
     """The DER of the single certificate in ``text``; ValueError otherwise."""
-    ders = pem_certificates(text)
-    if len(ders) != 1:
-        raise ValueError(f"expected one certificate, found {len(ders)}")
-    return ders[0]
+    return _single(text)[0]
 
 
 def pem_block_types(text: str) -> list[str]:
@@ -121,7 +127,7 @@ def der_to_pem(der: bytes) -> str:
 
 def cert_facts(pem: str) -> CertFacts:
     """The facts of the single certificate in ``pem``; ValueError when it is not one."""
-    return read_certificate(pem_certificate(pem))
+    return _single(pem)[1]
 
 
 def _b64(body: str, what: str) -> bytes:
