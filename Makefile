@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/.deps/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 help:
 	@echo "make run     — a demo mesh on this machine (embedded defaults)"
 	@echo "make test    — the whole suite: lint, unit, integration, end-to-end"
-	@echo "make setup   — .venv with meshd and its dev tools"
+	@echo "make setup   — .venv with meshd and its dev tools; the sidecar's compiled modules"
 	@echo "make deps    — consul and bao into .deps/bin (for the tests)"
 	@echo "make lint    — ruff, mypy --strict and ansible-lint"
 	@echo "make bench   — benchmarks; report in bench/results/"
@@ -24,6 +24,7 @@ help:
 
 setup:
 	@scripts/setup-venv.sh
+	@$(PY) scripts/native.py build
 
 deps: setup
 	@scripts/deps.sh

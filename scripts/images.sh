@@ -184,10 +184,10 @@ step_base() {
 
 # --- (b) the wheelhouse -----------------------------------------------------------------
 
-SOURCES=(pyproject.toml README.md meshd sidecar registry)
+SOURCES=(pyproject.toml setup.py README.md meshd sidecar registry)
 
 source_digest() {
-    (cd "$root" && find "${SOURCES[@]}" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' \
+    (cd "$root" && find "${SOURCES[@]}" -type f ! -name '*.pyc' ! -name '*.so' ! -path '*/__pycache__/*' \
         ! -path '*.egg-info/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
 }
 
@@ -212,11 +212,12 @@ step_wheelhouse() {
     fi
     t0=$(date +%s)
     say "(b) building the wheelhouse in $wheelhouse (meshd sources $digest)"
-    # The build backend's own wheels too, so later builds need no index at all.
-    pip_wheel 'setuptools>=77' wheel || die "pip could not get setuptools and wheel; check pip's index configuration (pip config list)"
+    # The build backend's own wheels too (mypy: mypyc compiles the sidecar's hot
+    # modules into the wheel, setup.py), so later builds need no index at all.
+    pip_wheel 'setuptools>=77' wheel 'mypy>=1.11' || die "pip could not get setuptools, wheel and mypy; check pip's index configuration (pip config list)"
     # Build meshd from a clean copy: no build/ or egg-info left in the checkout.
     src=$(mktemp -d) out=$(mktemp -d)
-    tar -C "$root" --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' -c "${SOURCES[@]}" | tar -C "$src" -x
+    tar -C "$root" --exclude=__pycache__ --exclude='*.pyc' --exclude='*.so' --exclude='*.egg-info' -c "${SOURCES[@]}" | tar -C "$src" -x
     if ! "$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps --no-index \
             --find-links "$wheelhouse" --wheel-dir "$out" "$src"; then
         rm -rf "$src" "$out"

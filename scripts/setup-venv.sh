@@ -24,6 +24,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "setup: installing meshd and its dev tools into .venv (first run takes a minute)"
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+# setuptools too: scripts/native.py builds the compiled modules with it, in place.
+.venv/bin/python -m pip install --quiet 'setuptools>=77' wheel
+# The editable install itself builds nothing (MESHD_NATIVE=0); make setup runs
+# scripts/native.py next, which builds in place and again whenever a source changes.
+MESHD_NATIVE=0 .venv/bin/python -m pip install --quiet -e '.[dev]'
 echo "$want" > "$stamp"
 echo "setup: done — tools are in .venv/bin"

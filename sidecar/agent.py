@@ -109,6 +109,7 @@ from sidecar.errors import (
 )
 from sidecar.health import HealthChecker, iso_time
 from sidecar.identity import Identity, IdentityError, IdentityManager
+from sidecar.native import data_path
 from sidecar.proxy import ProxyServer, ProxyState, TelemetrySink
 from sidecar.settings import Settings, check_ca_file, derive_instance_id
 from sidecar.telemetry import AccessLog, Telemetry
@@ -707,13 +708,15 @@ async def run(settings: Settings) -> None:
     await trio.to_thread.run_sync(prepare_state_dir, settings.state_dir)
     proxy_id = await trio.to_thread.run_sync(resolve_proxy_id, settings)
     log.info(
-        "mesh-sidecar starting: instance %s, service %s.%s, meshd %s (CA file %s), state dir %s",
+        "mesh-sidecar starting: instance %s, service %s.%s, meshd %s (CA file %s), state dir %s,"
+        " data path %s",
         proxy_id,
         settings.service,
         settings.namespace,
         settings.meshd_url,
         settings.ca_file,
         settings.state_dir,
+        data_path(),
     )
     store = ConfigStore(settings.state_dir, proxy_id)
     saved = await trio.to_thread.run_sync(store.read_saved)

@@ -19,6 +19,7 @@ import trio
 from meshd.fdlimit import raise_open_file_limit
 from sidecar import __version__, agent
 from sidecar.errors import ConfigError, SidecarError
+from sidecar.native import data_path
 from sidecar.settings import DEFAULT_MESHD_URL, STATE_ROOT, build_settings, env_name
 
 log = logging.getLogger("sidecar")
@@ -61,7 +62,11 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         prog="mesh-sidecar",
         description="mesh-sidecar — the data plane of meshd, one per service instance.",
     )
-    parser.add_argument("--version", action="version", version=f"mesh-sidecar {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"mesh-sidecar {__version__} (data path {data_path()})",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser(
         "run",

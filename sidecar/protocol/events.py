@@ -4,8 +4,9 @@ One message is a head (:class:`Request`, :class:`Response`), any number of :clas
 then :class:`EndOfMessage`; a server may send :class:`InformationalResponse` heads (1xx)
 before its final response. :class:`ConnectionClosed` is the peer's end of stream between
 messages (or ours, passed to ``send``). Events are frozen and slotted; their ``headers``
-are :class:`~sidecar.protocol.headers.Headers` (a plain list of pairs is accepted by
-``send`` and validated there).
+are :class:`~sidecar.protocol.headers.Headers`, which validates fields as it is built
+(``Headers([(b"x-a", b"1")])``). Field types are enforced when the module is compiled
+(``TypeError``), so a list where ``Headers`` belongs fails at once rather than on send.
 
 ``http_version`` is ``b"1.0"`` or ``b"1.1"`` on received heads; heads we send are always
 written as HTTP/1.1 (RFC 9110 §2.5: a sender uses its highest conformant version), so

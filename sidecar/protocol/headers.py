@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Final, overload
+from typing import Final, cast, overload
 
 from sidecar.protocol.errors import LocalProtocolError
 
@@ -42,7 +42,13 @@ def _as_bytes(text: object, what: str) -> bytes:
     raise LocalProtocolError(f"header {what} {text!r} is not bytes or str")
 
 
-def check_field(name: bytes | str, value: bytes | str) -> Field:
+def _checked_pair(field: object) -> Field:
+    if not isinstance(field, tuple | list) or len(field) != 2:
+        raise LocalProtocolError(f"a header field is a (name, value) pair, not {field!r}")
+    return check_field(field[0], field[1])
+
+
+def check_field(name: object, value: object) -> Field:
     """One field as it may be sent: the name a token (returned lowercased), the value
     without surrounding whitespace and free of control bytes other than HTAB.
 
@@ -73,15 +79,20 @@ class Headers(Sequence[Field]):
     _index: dict[bytes, bytes] | None
 
     def __init__(self, fields: Iterable[tuple[bytes | str, bytes | str]] = ()) -> None:
-        self._fields = tuple([check_field(name, value) for name, value in fields])
+        # Checked one by one as objects: callers outside typed code (tests, a user's
+        # filter) get a LocalProtocolError naming the bad field, compiled or not.
+        try:
+            given = iter(cast("Iterable[object]", fields))
+        except TypeError:
+            raise LocalProtocolError(f"headers are (name, value) pairs, not {fields!r}") from None
+        self._fields = tuple([_checked_pair(field) for field in given])
         self._index = None
 
     @classmethod
     def trusted(cls, fields: Sequence[Field]) -> Headers:
         """Wrap fields that are already valid and lowercased (the parser's), unchecked."""
-        self = cls.__new__(cls)
+        self = cls()  # not cls.__new__: compiled classes have none to call
         self._fields = fields if type(fields) is tuple else tuple(fields)
-        self._index = None
         return self
 
     # --- the sequence -------------------------------------------------------------------

@@ -90,15 +90,6 @@ _STATUS_LINES: Final = {
 _OUTGOING: Final = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 
 
-def _as_headers(headers: object) -> Headers:
-    if type(headers) is Headers:
-        return headers
-    try:
-        return Headers(headers)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise LocalProtocolError(f"headers must be (name, value) pairs, not {headers!r}") from None
-
-
 class _Outgoing:
     """The framing and connection options of a head we are about to send."""
 
@@ -326,13 +317,13 @@ class _Connection:
             state.process(role, Data)
             data = event.data
             assert self._writer is not None
-            return self._writer.data(data if type(data) is bytes else bytes(data))
+            return self._writer.data(data)
         assert isinstance(event, EndOfMessage)
         if not state.can(role, EndOfMessage):
             state.process(role, EndOfMessage)  # raises: not in SEND_BODY
         assert self._writer is not None
         trailers = event.trailers
-        out = self._writer.end(trailers if type(trailers) is Headers else _as_headers(trailers))
+        out = self._writer.end(trailers)
         self._writer = None
         state.process(role, EndOfMessage)
         return out
@@ -514,7 +505,7 @@ class ServerConnection(_Connection):
         state = self._state
         if not state.can(SERVER, InformationalResponse):
             state.process(SERVER, InformationalResponse)  # raises
-        headers = _as_headers(event.headers)
+        headers = event.headers
         if status != 101 and self._http10:
             return b""  # no 1xx to an HTTP/1.0 client (RFC 9110 §15.2)
         head = write_head(_status_line(status, event.reason), headers)
@@ -543,7 +534,7 @@ class ServerConnection(_Connection):
         state = self._state
         if not state.can(SERVER, Response):
             state.process(SERVER, Response)  # raises
-        headers = _as_headers(event.headers)
+        headers = event.headers
         opts = _Outgoing(headers)
         method = self._method
         keep_alive = state.keep_alive and not opts.close and state.server is not IDLE
@@ -666,7 +657,7 @@ class ClientConnection(_Connection):
         state = self._state
         if not state.can(CLIENT, Request):
             state.process(CLIENT, Request)  # raises
-        headers = _as_headers(event.headers)
+        headers = event.headers
         if len(headers.get_all(b"host")) != 1:
             raise LocalProtocolError("an HTTP/1.1 request has exactly one Host field")
         opts = _Outgoing(headers)

@@ -60,7 +60,7 @@ def test_request_with_chunked_body() -> None:
     conn = ClientConnection()
     conn.send(Request(b"POST", b"/", host((b"transfer-encoding", b"chunked"))))
     assert conn.send(Data(b"abc")) == b"3\r\nabc\r\n"
-    assert conn.send(Data(bytearray(b"de"))) == b"2\r\nde\r\n"  # type: ignore[arg-type]
+    assert conn.send(Data(b"de")) == b"2\r\nde\r\n"
     assert conn.send(EndOfMessage()) == b"0\r\n\r\n"
 
 
