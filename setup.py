@@ -23,7 +23,6 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 NATIVE_MODULES = [
-    "sidecar/protocol/__init__.py",
     "sidecar/protocol/errors.py",
     "sidecar/protocol/events.py",
     "sidecar/protocol/framing.py",
@@ -32,7 +31,6 @@ NATIVE_MODULES = [
     "sidecar/protocol/http1.py",
     "sidecar/protocol/limits.py",
     "sidecar/protocol/states.py",
-    "sidecar/routing/__init__.py",
     "sidecar/routing/request.py",
     "sidecar/routing/retry.py",
     "sidecar/routing/route.py",
@@ -40,7 +38,8 @@ NATIVE_MODULES = [
     "sidecar/proxy/forwarding.py",
 ]
 """Compiled together (one shared library, ``sidecar/_native__mypyc*.so``): calls between
-them are C calls. Only modules without async code and without monkeypatching in tests."""
+them are C calls. Only modules without async code and without monkeypatching in tests;
+never a package's ``__init__`` (mypyc would give the package a wrong ``__path__``)."""
 
 GROUP = "sidecar._native"
 

@@ -11,5 +11,6 @@ import sidecar.protocol.http1
 def data_path() -> str:
     """``"compiled"`` when the HTTP/1.1 layer was loaded from an extension module,
     else ``"interpreted"`` (no C compiler at build time, or ``MESHD_NATIVE=0``)."""
-    where = sidecar.protocol.http1.__file__ or ""
+    spec = sidecar.protocol.http1.__spec__
+    where = (spec.origin if spec is not None else None) or ""
     return "compiled" if where.endswith(tuple(EXTENSION_SUFFIXES)) else "interpreted"

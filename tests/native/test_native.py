@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
 import shutil
 import subprocess
 import sys
@@ -80,3 +82,19 @@ def test_the_interpreted_data_path_passes_the_protocol_routing_and_proxy_tests()
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout
+
+
+def test_each_compiled_module_loads_from_its_own_directory() -> None:
+    # Found afresh: mypyc derives a compiled module's __file__ (and its spec's origin) from
+    # where the shared library is (sidecar/), with one "sidecar/" too many; nothing reads
+    # it. A compiled package __init__ would get such a __path__, hence none is compiled.
+    for rel in load_setup().NATIVE_MODULES:
+        name = rel.removesuffix(".py").replace("/", ".")
+        importlib.import_module(name)
+        package = sys.modules[name.rpartition(".")[0]]
+        assert list(package.__path__) == [str(ROOT / Path(rel).parent)], package.__path__
+        spec = importlib.machinery.PathFinder.find_spec(name, package.__path__)
+        assert spec is not None
+        assert spec.origin is not None
+        assert Path(spec.origin).parent == ROOT / Path(rel).parent, rel
+        assert Path(spec.origin).name.removeprefix(Path(rel).stem).startswith(".")
