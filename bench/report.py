@@ -906,7 +906,12 @@ def _proxy_summary_rows(proxy: Mapping[str, Any] | None, quick: bool) -> list[li
         per = t["vcpu_per_1000_rps"]["value"]
         rows.append(
             [
-                "Proxy: vCPU per 1,000 req/s per sidecar (mTLS, metrics on)",
+                "Proxy: vCPU per 1,000 req/s per sidecar (mTLS, metrics on)"
+                + (
+                    ", as on two hosts"
+                    if t["vcpu_per_1000_rps"].get("placement") == "two hosts"
+                    else ""
+                ),
                 f"<= {t['vcpu_per_1000_rps']['target']:.2f}",
                 " / ".join(f"{k} {_vcpu(v)}" for k, v in per.items()),
                 met("vcpu_per_1000_rps"),
@@ -1009,7 +1014,12 @@ def _proxy(results: Mapping[str, Any]) -> list[str]:
         "routes to in plaintext — a client-side proxy doing what nginx and HAProxy do here. "
         "*mesh*: the same through a client sidecar, mTLS to a server sidecar (STRICT) and "
         "on to the backend. CPU pinning: " + proxy["pinning"] + "; in the mesh case both "
-        "sidecars share the proxy CPU.",
+        "sidecars share the proxy CPU. The mesh case then runs its fixed rate once more "
+        "*as on two hosts*: the client sidecar with the load generator on one CPU, the "
+        "server sidecar with the backend on the other, each beside its own app as in a "
+        "deployment (and in Istio's load tests). Sharing one CPU, every request hands it "
+        "from one sidecar to the other and back, each running on caches the other filled; "
+        "the per-sidecar CPU target is judged as on two hosts, and both figures are shown.",
         "",
         f"Per case: {size['warmup_s']:g} s of closed-loop warm-up; **saturation** with "
         f"{proxy['saturation_generator']}, {size['connections']} connections for "
@@ -1092,12 +1102,17 @@ def _proxy(results: Mapping[str, Any]) -> list[str]:
             ]
         )
     if "vcpu_per_1000_rps" in t:
-        per = t["vcpu_per_1000_rps"]["value"]
+        vcpu = t["vcpu_per_1000_rps"]
+        per = vcpu["value"]
+        text = ", ".join(f"{k}: {_vcpu(v)}" for k, v in per.items())
+        if vcpu.get("placement") == "two hosts":
+            one_cpu = ", ".join(f"{_vcpu(v)}" for v in vcpu["one_cpu_value"].values())
+            text += f" as on two hosts (both on one CPU: {one_cpu})"
         target_rows.append(
             [
                 "<= 0.20 vCPU per 1,000 req/s per sidecar, mTLS and metrics on (mesh case)",
-                ", ".join(f"{k}: {_vcpu(v)}" for k, v in per.items()),
-                _met(None if quick else t["vcpu_per_1000_rps"]["met"]),
+                text,
+                _met(None if quick else vcpu["met"]),
             ]
         )
     if "rss_mib" in t:

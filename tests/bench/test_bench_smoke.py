@@ -110,6 +110,19 @@ def check_proxy_section(proxy: dict[str, Any], out: Path) -> None:
     assert cases["hop"]["metrics"]["hop sidecar"]["requests_total"] > 0
     targets = proxy["target_results"]
     assert set(targets) == {"hop_vs_nginx", "mesh_added_p50_ms", "vcpu_per_1000_rps", "rss_mib"}
+    # Pinned (two CPUs): the mesh case's fixed rate ran again as on two hosts, and the
+    # per-sidecar CPU target is judged on it.
+    two = cases["mesh"].get("fixed_rate_two_hosts")
+    if proxy["pinning"].startswith("proxies on CPU"):
+        assert two is not None
+        assert two["errors"] == 0
+        assert set(two["per_1000"]) == {"client sidecar", "server sidecar"}
+        assert all(v > 0 for v in two["per_1000"].values())
+        assert targets["vcpu_per_1000_rps"]["placement"] == "two hosts"
+        assert targets["vcpu_per_1000_rps"]["value"] == two["per_1000"]
+    else:
+        assert two is None
+        assert targets["vcpu_per_1000_rps"]["placement"] == "one CPU"
     # The plot: a PNG beside the report.
     assert proxy["plot"] == {"file": "proxy.png"}
     assert (out / "proxy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

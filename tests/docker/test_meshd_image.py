@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.native.support import load_setup
 from tests.support.docker_engine import (
     BRIDGE_SUBNET,
     IMAGE_BUILD_TIMEOUT,
@@ -52,6 +53,17 @@ def test_each_command_runs(
 ) -> None:
     done = docker_engine.docker("run", "--rm", meshd_image, *command)
     assert expect in done.stdout
+
+
+def test_the_sidecar_in_the_image_runs_compiled_where_the_wheel_could_be(
+    docker_engine: DockerEngine, meshd_image: str
+) -> None:
+    # scripts/images.sh builds meshd's wheel on this machine: with mypyc's extensions
+    # when it has a C compiler (setup.py, docs/native.md).
+    why_not = load_setup()._why_not()
+    done = docker_engine.docker("run", "--rm", meshd_image, "mesh-sidecar", "--version")
+    expect = "(data path compiled)" if why_not is None else "(data path interpreted)"
+    assert expect in done.stdout, why_not
 
 
 def test_runs_unprivileged_under_tini(docker_engine: DockerEngine, meshd_image: str) -> None:
