@@ -65,6 +65,18 @@ def _why_not() -> str | None:
     return None
 
 
+# mypyc reads a mypy config: not pyproject.toml's, which loads the pydantic plugin and
+# expects every dependency installed. A wheel's isolated build environment has only
+# setuptools and mypy; modules it cannot find are typed Any (calls into them stay
+# Python calls), and errors outside the compiled modules are not ours to fix here.
+MYPYC_CONFIG = """\
+[mypy]
+python_version = 3.11
+ignore_missing_imports = True
+follow_imports = silent
+"""
+
+
 def native_extensions() -> list[Extension]:
     why = _why_not()
     if why is not None:
@@ -72,7 +84,12 @@ def native_extensions() -> list[Extension]:
         return []
     from mypyc.build import mypycify  # noqa: PLC0415
 
-    return mypycify(NATIVE_MODULES, opt_level="3", group_name=GROUP)
+    config = Path("build") / "mypyc.ini"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(MYPYC_CONFIG)
+    return mypycify(
+        ["--config-file", str(config), *NATIVE_MODULES], opt_level="3", group_name=GROUP
+    )
 
 
 if __name__ == "__main__":
