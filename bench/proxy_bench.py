@@ -509,6 +509,19 @@ def _window(
     return result, used, others
 
 
+def _fixed_rate(
+    case: Case, size: ProxySize, load_prefix: list[str], tracked: Tracked
+) -> tuple[dict[str, Any], dict[str, float], float]:
+    """Warm-up at the fixed rate, then the measured window (see :func:`_window`)."""
+    load.fixed_rate(
+        case.port, case.host, size.rate, size.rate_warmup_s, size.rate_connections, load_prefix
+    )
+    return _window(
+        tracked, load.fixed_rate, case.port, case.host, size.rate, size.rate_s,
+        size.rate_connections, load_prefix,
+    )  # fmt: skip
+
+
 def measure(case: Case, size: ProxySize, plan: CpuPlan, tracked: Tracked) -> dict[str, Any]:
     load_prefix = plan.prefix("load")
     phase = f"proxy {case.name}"
@@ -523,13 +536,7 @@ def measure(case: Case, size: ProxySize, plan: CpuPlan, tracked: Tracked) -> dic
         f"saturation: {sat['rps']:,.0f} requests/s ({sat['generator']}, {size.connections} "
         f"connections, {sat['duration_s']:.0f} s), errors {sat['errors']}",
     )
-    load.fixed_rate(
-        case.port, case.host, size.rate, size.rate_warmup_s, size.rate_connections, load_prefix
-    )
-    fixed, rate_cpu, rate_others = _window(
-        tracked, load.fixed_rate, case.port, case.host, size.rate, size.rate_s,
-        size.rate_connections, load_prefix,
-    )  # fmt: skip
+    fixed, rate_cpu, rate_others = _fixed_rate(case, size, load_prefix, tracked)
     lat = fixed["latency_ms"]
     progress(
         phase,
@@ -626,14 +633,7 @@ def _fixed_rate_as_on_two_hosts(
     plan.pin_tree(server, "proxy")
     plan.pin_tree(backend, "proxy")
     try:
-        load_prefix = plan.prefix("load")
-        load.fixed_rate(
-            case.port, case.host, size.rate, size.rate_warmup_s, size.rate_connections, load_prefix
-        )
-        fixed, cpu, others = _window(
-            tracked, load.fixed_rate, case.port, case.host, size.rate, size.rate_s,
-            size.rate_connections, load_prefix,
-        )  # fmt: skip
+        fixed, cpu, others = _fixed_rate(case, size, plan.prefix("load"), tracked)
     finally:
         plan.pin_tree(client, "proxy")
         plan.pin_tree(backend, "load")

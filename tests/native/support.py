@@ -9,8 +9,8 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
+def load_native_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("meshd_native_script", ROOT / "scripts/native.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -19,9 +19,7 @@ def _load(name: str, path: Path) -> ModuleType:
 
 
 def load_setup() -> ModuleType:
-    """setup.py: its ``setup()`` call runs only as ``__main__``."""
-    return _load("meshd_setup", ROOT / "setup.py")
-
-
-def load_native_script() -> ModuleType:
-    return _load("meshd_native_script", ROOT / "scripts" / "native.py")
+    """setup.py (its ``setup()`` call runs only as ``__main__``), as scripts/native.py
+    loads it."""
+    setup: ModuleType = load_native_script().load_setup()
+    return setup
