@@ -48,7 +48,7 @@ def _warn(message: str) -> None:
     print(f"meshd native build: {message}; the sidecar runs interpreted", file=sys.stderr)
 
 
-def _why_not() -> str | None:
+def why_not_native() -> str | None:
     """Why the extensions cannot be built here, or None when they can."""
     if os.environ.get("MESHD_NATIVE", "1") == "0":
         return "MESHD_NATIVE=0"
@@ -78,7 +78,7 @@ follow_imports = silent
 
 
 def native_extensions() -> list[Extension]:
-    why = _why_not()
+    why = why_not_native()
     if why is not None:
         _warn(why)
         return []

@@ -102,7 +102,7 @@ def build(setup: ModuleType) -> int:
     if state == "current":
         _say(f"compiled modules are current ({why})")
         return 0
-    why_not = setup._why_not()
+    why_not = setup.why_not_native()
     if why_not is not None:
         clean(setup)
         _say(f"not built: {why_not}. The sidecar runs interpreted: correct, slower")

@@ -60,7 +60,7 @@ def test_the_sidecar_in_the_image_runs_compiled_where_the_wheel_could_be(
 ) -> None:
     # scripts/images.sh builds meshd's wheel on this machine: with mypyc's extensions
     # when it has a C compiler (setup.py, docs/native.md).
-    why_not = load_setup()._why_not()
+    why_not = load_setup().why_not_native()
     done = docker_engine.docker("run", "--rm", meshd_image, "mesh-sidecar", "--version")
     expect = "(data path compiled)" if why_not is None else "(data path interpreted)"
     assert expect in done.stdout, why_not

@@ -22,7 +22,7 @@ def test_the_compiled_modules_are_as_new_as_their_sources() -> None:
 
 
 def test_a_checkout_that_can_compile_runs_compiled() -> None:
-    why_not = load_setup()._why_not()
+    why_not = load_setup().why_not_native()
     if why_not is None:
         assert data_path() == "compiled", "the compiled modules are missing: run `make setup`"
     else:
