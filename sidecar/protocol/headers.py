@@ -79,6 +79,10 @@ class Headers(Sequence[Field]):
     _index: dict[bytes, bytes] | None
 
     def __init__(self, fields: Iterable[tuple[bytes | str, bytes | str]] = ()) -> None:
+        self._index = None
+        if type(fields) is tuple and not fields:
+            self._fields = ()  # Headers() and Headers.trusted: nothing to check
+            return
         # Checked one by one as objects: callers outside typed code (tests, a user's
         # filter) get a LocalProtocolError naming the bad field, compiled or not.
         try:
@@ -86,7 +90,6 @@ class Headers(Sequence[Field]):
         except TypeError:
             raise LocalProtocolError(f"headers are (name, value) pairs, not {fields!r}") from None
         self._fields = tuple([_checked_pair(field) for field in given])
-        self._index = None
 
     @classmethod
     def trusted(cls, fields: Sequence[Field]) -> Headers:
