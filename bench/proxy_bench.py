@@ -1,19 +1,22 @@
 """Proxy benchmark: the sidecar's data plane beside nginx and HAProxy, in one run.
 
-Six cases, HTTP/1.1 keep-alive, ``GET /`` (no request body) answered with a 1 KiB
+Eight cases, HTTP/1.1 keep-alive, ``GET /`` (no request body) answered with a 1 KiB
 body, all against the same backend (nginx 1.22, one worker, ``return 200`` of a fixed
 1 KiB body: ~150,000 requests/s on one core, so never the limit here):
 
 1. ``direct``: load generator -> backend;
 2. ``nginx``: nginx as a reverse proxy (one worker, keep-alive upstream pool);
 3. ``haproxy``: HAProxy in http mode (one thread, keep-alive, ``http-reuse always``);
-4. ``hop``: load generator -> a sidecar's outbound listener -> backend, plaintext: the
+4. ``floor-trio`` and ``floor-uvloop``: :mod:`bench.floor_proxy`, the least work an
+   HTTP/1.1 proxy can do on Trio, and on uvloop's protocol callbacks: yardsticks, not
+   products. The Trio floor is the most any Trio-based proxy reaches here;
+5. ``hop``: load generator -> a sidecar's outbound listener -> backend, plaintext: the
    backend is a ``ServiceEntry`` (MESH_EXTERNAL, STATIC 127.0.0.1) the sidecar routes
    to by ``Host``, which is what nginx and HAProxy do too (one proxy, routing, a
    keep-alive upstream pool). This is the sidecar's client side alone;
-5. ``mesh``: load generator -> client sidecar (outbound) -> mTLS -> server sidecar
+6. ``mesh``: load generator -> client sidecar (outbound) -> mTLS -> server sidecar
    (inbound, STRICT) -> backend: the path every meshed request takes;
-6. ``hop2``: ``hop`` with ``mesh-sidecar run --workers 2`` (two processes on the
+7. ``hop2``: ``hop`` with ``mesh-sidecar run --workers 2`` (two processes on the
    outbound port, SO_REUSEPORT). Not pinned: with two CPUs its second process can only
    run beside the load generator and the backend, so this row shows what a second
    process buys on this machine, not a clean 2-core figure.
@@ -90,11 +93,14 @@ NAMESPACE = "bench"
 ORIGIN_HOST = "origin.bench"
 MIB = 2**20
 READY_TIMEOUT_S = 30.0
-CASES = ("direct", "nginx", "haproxy", "hop", "mesh", "hop2")
+CASES = ("direct", "nginx", "haproxy", "floor-trio", "floor-uvloop", "hop", "mesh", "hop2")
+FLOOR_LOOPS = {"floor-trio": "trio", "floor-uvloop": "uvloop"}
 CASE_LABELS = {
     "direct": "direct (no proxy)",
     "nginx": "nginx 1.22 reverse proxy",
     "haproxy": "HAProxy 2.6, http mode",
+    "floor-trio": "floor: least-work proxy on Trio (yardstick)",
+    "floor-uvloop": "floor: least-work proxy on uvloop (yardstick)",
     "hop": "one sidecar hop (outbound, plaintext)",
     "mesh": "mesh path (2 sidecars, mTLS)",
     "hop2": "one sidecar hop, --workers 2 (not pinned)",
@@ -689,6 +695,16 @@ def _targets(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "met": ratio >= TARGET_HOP_VS_NGINX,
             "per_core_value": round(per_core, 3),
         }
+        floor = cases.get("floor-trio")
+        if floor:
+            # The most a Trio-based proxy reaches here: how much of the gap is the loop's.
+            floor_rps = floor["saturation"]["rps"]
+            out["hop_vs_nginx"]["trio_floor_value"] = round(
+                floor_rps / max(1e-9, nginx["saturation"]["rps"]), 3
+            )
+            out["hop_vs_nginx"]["share_of_trio_floor"] = round(
+                hop["saturation"]["rps"] / max(1e-9, floor_rps), 3
+            )
     if mesh and direct:
         added = mesh["fixed_rate"]["latency_ms"]["p50"] - direct["fixed_rate"]["latency_ms"]["p50"]
         out["mesh_added_p50_ms"] = {
@@ -808,6 +824,16 @@ def run(
             ha = stack.enter_context(Child(argv, name="haproxy", log_dir=tmp))
             wait_serving(ha, port, ORIGIN_HOST, "HAProxy")
             todo.append(Case("haproxy", port, ORIGIN_HOST, [("haproxy", ha.pid)]))
+        for name, loop in FLOOR_LOOPS.items():
+            if name in cases:
+                port = free_port()
+                argv = [
+                    *plan.prefix("proxy"), sys.executable, "-m", "bench.floor_proxy",
+                    "--loop", loop, "--port", str(port), "--backend", str(backend_port),
+                ]  # fmt: skip
+                floor = stack.enter_context(Child(argv, name=name, log_dir=tmp))
+                wait_serving(floor, port, ORIGIN_HOST, f"the {loop} floor proxy")
+                todo.append(Case(name, port, ORIGIN_HOST, [(name, floor.pid)]))
         mesh: Mesh | None = None
         if "hop" in cases or "mesh" in cases or "hop2" in cases:
             progress("proxy", "starting meshd and the sidecars ...")

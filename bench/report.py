@@ -929,6 +929,21 @@ def _proxy_summary_rows(proxy: Mapping[str, Any] | None, quick: bool) -> list[li
     return rows
 
 
+def _trio_floor_text(hop_vs_nginx: Mapping[str, Any]) -> str:
+    """What the least-work Trio proxy reached, when the floor case ran: a floor below
+    the target means that no proxy on Trio can meet it on this machine."""
+    floor = hop_vs_nginx.get("trio_floor_value")
+    if floor is None:
+        return ""
+    text = (
+        f"; the Trio floor: {floor:.2f}x, and the hop reached "
+        f"{hop_vs_nginx['share_of_trio_floor']:.0%} of the floor"
+    )
+    if floor < hop_vs_nginx["target"]:
+        text += " (below the target: no Trio-based proxy meets it here)"
+    return text
+
+
 def _proxy_cpu_cells(case: Mapping[str, Any]) -> tuple[str, str, str]:
     """CPU-s per 1,000 requests saturated, at the fixed rate, and peak RSS of the case's
     proxies (several: joined with +)."""
@@ -1019,7 +1034,12 @@ def _proxy(results: Mapping[str, Any]) -> list[str]:
         "server sidecar with the backend on the other, each beside its own app as in a "
         "deployment (and in Istio's load tests). Sharing one CPU, every request hands it "
         "from one sidecar to the other and back, each running on caches the other filled; "
-        "the per-sidecar CPU target is judged as on two hosts, and both figures are shown.",
+        "the per-sidecar CPU target is judged as on two hosts, and both figures are shown. "
+        "*floor-trio* and *floor-uvloop* (`bench/floor_proxy.py`) are yardsticks, not "
+        "products: the least work an HTTP/1.1 proxy can do (forward each request's head, "
+        "frame the response by Content-Length; no routing, header edits, metrics or "
+        "pool) on Trio, driven as the sidecar drives it, and on uvloop's protocol "
+        "callbacks. The Trio floor is the most any Trio-based proxy reaches here.",
         "",
         f"Per case: {size['warmup_s']:g} s of closed-loop warm-up; **saturation** with "
         f"{proxy['saturation_generator']}, {size['connections']} connections for "
@@ -1089,7 +1109,8 @@ def _proxy(results: Mapping[str, Any]) -> list[str]:
             [
                 "One sidecar hop >= 0.8x nginx's saturation throughput",
                 f"{t['hop_vs_nginx']['value']:.2f}x"
-                + (f" (per proxy CPU-second: {per_core:.2f}x)" if per_core is not None else ""),
+                + (f" (per proxy CPU-second: {per_core:.2f}x)" if per_core is not None else "")
+                + _trio_floor_text(t["hop_vs_nginx"]),
                 _met(None if quick else t["hop_vs_nginx"]["met"]),
             ]
         )

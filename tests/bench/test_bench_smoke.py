@@ -110,6 +110,11 @@ def check_proxy_section(proxy: dict[str, Any], out: Path) -> None:
     assert cases["hop"]["metrics"]["hop sidecar"]["requests_total"] > 0
     targets = proxy["target_results"]
     assert set(targets) == {"hop_vs_nginx", "mesh_added_p50_ms", "vcpu_per_1000_rps", "rss_mib"}
+    # The hop is set beside the floor of its event loop, which ran as a real proxy.
+    floor_rps = cases["floor-trio"]["saturation"]["rps"]
+    hop = targets["hop_vs_nginx"]
+    assert hop["trio_floor_value"] == round(floor_rps / cases["nginx"]["saturation"]["rps"], 3)
+    assert hop["share_of_trio_floor"] == round(cases["hop"]["saturation"]["rps"] / floor_rps, 3)
     # Pinned (two CPUs): the mesh case's fixed rate ran again as on two hosts, and the
     # per-sidecar CPU target is judged on it.
     two = cases["mesh"].get("fixed_rate_two_hosts")
@@ -193,11 +198,13 @@ def test_proxy_section_renders_targets_and_profiles() -> None:
             _proxy_case("direct", 80000, 0.1, []),
             _proxy_case("nginx", 40000, 0.2, ["nginx"]),
             _proxy_case("haproxy", 45000, 0.2, ["haproxy"]),
+            _proxy_case("floor-trio", 20000, 0.25, ["floor-trio"]),
             _proxy_case("hop", 8000, 0.3, ["hop sidecar"]),
             _proxy_case("mesh", 4000, 0.5, ["client sidecar", "server sidecar"]),
         ],
         "target_results": {
-            "hop_vs_nginx": {"target": 0.8, "value": 0.2, "met": False},
+            "hop_vs_nginx": {"target": 0.8, "value": 0.2, "met": False,
+                             "trio_floor_value": 0.5, "share_of_trio_floor": 0.4},
             "mesh_added_p50_ms": {"target": 0.5, "value": 0.4, "met": True},
             "vcpu_per_1000_rps": {"target": 0.2, "value": {"client sidecar": 0.25},
                                   "worst": 0.25, "met": False},
@@ -222,9 +229,13 @@ def test_proxy_section_renders_targets_and_profiles() -> None:
     }  # fmt: skip
     report = render(results)
     section = report.split("## Proxy", 1)[1].split("## How to read", 1)[0]
-    for case in ("direct", "nginx", "haproxy", "hop", "mesh"):
+    for case in ("direct", "nginx", "haproxy", "floor-trio", "hop", "mesh"):
         assert f"| {case} |" in section
-    assert "| One sidecar hop >= 0.8x nginx's saturation throughput | 0.20x | **NO** |" in section
+    assert (
+        "| One sidecar hop >= 0.8x nginx's saturation throughput | 0.20x; the Trio floor: "
+        "0.50x, and the hop reached 40% of the floor (below the target: no Trio-based proxy "
+        "meets it here) | **NO** |"
+    ) in section
     assert "+0.400 ms | **yes** |" in section
     assert "![Throughput and latency per case](proxy.png)" in section
     assert "#### client sidecar, fixed rate: 1,000 requests/s" in section
