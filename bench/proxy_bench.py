@@ -700,10 +700,10 @@ def _targets(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
             # The most a Trio-based proxy reaches here: how much of the gap is the loop's.
             floor_rps = floor["saturation"]["rps"]
             out["hop_vs_nginx"]["trio_floor_value"] = round(
-                floor_rps / max(1e-9, nginx["saturation"]["rps"]), 3
+                floor_rps / max(1e-9, nginx["saturation"]["rps"]), 4
             )
             out["hop_vs_nginx"]["share_of_trio_floor"] = round(
-                hop["saturation"]["rps"] / max(1e-9, floor_rps), 3
+                hop["saturation"]["rps"] / max(1e-9, floor_rps), 4
             )
     if mesh and direct:
         added = mesh["fixed_rate"]["latency_ms"]["p50"] - direct["fixed_rate"]["latency_ms"]["p50"]
@@ -1050,6 +1050,17 @@ def profiled_sidecar(profile_dir: Path, sidecar_args: Sequence[str]) -> int:
 # --- the plot -----------------------------------------------------------------------------------
 
 
+PLOT_COLORS = {
+    "direct": "#999999",
+    "nginx": "#4c9a2a",
+    "haproxy": "#2a6f9a",
+    "floor-trio": "#e6b98a",
+    "floor-uvloop": "#e6b98a",
+}
+"""Bar colours by kind: no proxy, the reference proxies, the yardsticks; any other
+case is a sidecar's."""
+
+
 def plot(result: dict[str, Any], path: Path) -> dict[str, Any]:
     """Throughput bars and p50/p99 bars per case (matplotlib, Agg backend)."""
     try:
@@ -1062,11 +1073,11 @@ def plot(result: dict[str, Any], path: Path) -> dict[str, Any]:
     cases = result["cases"]
     if not cases:
         return {"error": "no case ran"}
-    names = [c["case"] for c in cases]
+    names = [c["case"].replace("-", "\n") for c in cases]  # "floor\ntrio": ticks fit
     rps = [c["saturation"]["rps"] for c in cases]
     p50 = [c["fixed_rate"]["latency_ms"].get("p50", 0.0) for c in cases]
     p99 = [c["fixed_rate"]["latency_ms"].get("p99", 0.0) for c in cases]
-    colors = ["#999999", "#4c9a2a", "#2a6f9a", "#d9822b", "#c23b22", "#8e44ad"][: len(names)]
+    colors = [PLOT_COLORS.get(c["case"], "#8e44ad") for c in cases]  # sidecars: purple
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     bars = left.bar(names, rps, color=colors)
     left.bar_label(bars, labels=[f"{v:,.0f}" for v in rps], fontsize=8)

@@ -113,8 +113,8 @@ def check_proxy_section(proxy: dict[str, Any], out: Path) -> None:
     # The hop is set beside the floor of its event loop, which ran as a real proxy.
     floor_rps = cases["floor-trio"]["saturation"]["rps"]
     hop = targets["hop_vs_nginx"]
-    assert hop["trio_floor_value"] == round(floor_rps / cases["nginx"]["saturation"]["rps"], 3)
-    assert hop["share_of_trio_floor"] == round(cases["hop"]["saturation"]["rps"] / floor_rps, 3)
+    assert hop["trio_floor_value"] == round(floor_rps / cases["nginx"]["saturation"]["rps"], 4)
+    assert hop["share_of_trio_floor"] == round(cases["hop"]["saturation"]["rps"] / floor_rps, 4)
     # Pinned (two CPUs): the mesh case's fixed rate ran again as on two hosts, and the
     # per-sidecar CPU target is judged on it.
     two = cases["mesh"].get("fixed_rate_two_hosts")
