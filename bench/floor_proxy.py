@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
 from collections.abc import Sequence
 from typing import cast
@@ -59,7 +60,7 @@ def response_size(buf: bytes | bytearray) -> int:
 
 def serve_trio(port: int, backend: int) -> None:
     import trio  # noqa: PLC0415 - the uvloop floor must not pay for importing Trio
-    from trio.lowlevel import checkpoint, wait_readable  # noqa: PLC0415
+    from trio.lowlevel import checkpoint, wait_readable, wait_writable  # noqa: PLC0415
 
     async def recv(sock: socket.socket) -> bytes:
         while True:
@@ -67,6 +68,15 @@ def serve_trio(port: int, backend: int) -> None:
                 return sock.recv(RECV_SIZE)
             except BlockingIOError:
                 await wait_readable(sock)
+
+    async def send_all(sock: socket.socket, data: bytes) -> None:
+        sent = 0
+        while True:  # one send call, unless the send buffer is full
+            with contextlib.suppress(BlockingIOError):
+                sent += sock.send(data[sent:] if sent else data)
+            if sent == len(data):
+                return
+            await wait_writable(sock)
 
     async def read_until(sock: socket.socket, buf: bytes, complete: int) -> bytes:
         while len(buf) < complete:
@@ -89,12 +99,12 @@ def serve_trio(port: int, backend: int) -> None:
                     if not more:
                         return
                     request += more
-                up.sendall(request)
+                await send_all(up, request)
                 response = await recv(up)
                 while (size := response_size(response)) < 0:
                     response = await read_until(up, response, len(response) + 1)
                 response = await read_until(up, response, size)
-                client.sendall(response)
+                await send_all(client, response)
                 served += 1
                 if served % CHECKPOINT_EVERY == 0:
                     await checkpoint()
