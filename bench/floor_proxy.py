@@ -11,8 +11,8 @@ out, so what remains is the event loop, the system calls and the least framing.
 
 - ``trio``: one task per connection on non-blocking sockets, trying each system call
   first and waiting for readiness only when it would block, with a checkpoint every
-  16 requests (how the sidecar's streams drive Trio). This is the most any Trio-based
-  proxy can reach on this machine.
+  16 requests (how the sidecar's streams drive Trio). This is the most a Trio-based
+  proxy of one process can reach on this machine.
 - ``uvloop``: asyncio protocol callbacks on uvloop: no task switch per read, the
   loop itself in C. The same job on the cheapest Python event loop.
 

@@ -9,7 +9,7 @@ body, all against the same backend (nginx 1.22, one worker, ``return 200`` of a 
 3. ``haproxy``: HAProxy in http mode (one thread, keep-alive, ``http-reuse always``);
 4. ``floor-trio`` and ``floor-uvloop``: :mod:`bench.floor_proxy`, the least work an
    HTTP/1.1 proxy can do on Trio, and on uvloop's protocol callbacks: yardsticks, not
-   products. The Trio floor is the most any Trio-based proxy reaches here;
+   products. The Trio floor is the most a one-process Trio proxy reaches here;
 5. ``hop``: load generator -> a sidecar's outbound listener -> backend, plaintext: the
    backend is a ``ServiceEntry`` (MESH_EXTERNAL, STATIC 127.0.0.1) the sidecar routes
    to by ``Host``, which is what nginx and HAProxy do too (one proxy, routing, a

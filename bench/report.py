@@ -940,7 +940,7 @@ def _trio_floor_text(hop_vs_nginx: Mapping[str, Any]) -> str:
         f"{hop_vs_nginx['share_of_trio_floor']:.0%} of the floor"
     )
     if floor < hop_vs_nginx["target"]:
-        text += " (below the target: no Trio-based proxy meets it here)"
+        text += " (below the target: no Trio-based proxy of one process meets it here)"
     return text
 
 
@@ -1039,7 +1039,7 @@ def _proxy(results: Mapping[str, Any]) -> list[str]:
         "products: the least work an HTTP/1.1 proxy can do (forward each request's head, "
         "frame the response by Content-Length; no routing, header edits, metrics or "
         "pool) on Trio, driven as the sidecar drives it, and on uvloop's protocol "
-        "callbacks. The Trio floor is the most any Trio-based proxy reaches here.",
+        "callbacks. The Trio floor is the most a Trio-based proxy of one process reaches here.",
         "",
         f"Per case: {size['warmup_s']:g} s of closed-loop warm-up; **saturation** with "
         f"{proxy['saturation_generator']}, {size['connections']} connections for "

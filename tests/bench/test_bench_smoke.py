@@ -234,7 +234,7 @@ def test_proxy_section_renders_targets_and_profiles() -> None:
     assert (
         "| One sidecar hop >= 0.8x nginx's saturation throughput | 0.20x; the Trio floor: "
         "0.50x, and the hop reached 40% of the floor (below the target: no Trio-based proxy "
-        "meets it here) | **NO** |"
+        "of one process meets it here) | **NO** |"
     ) in section
     assert "+0.400 ms | **yes** |" in section
     assert "![Throughput and latency per case](proxy.png)" in section
