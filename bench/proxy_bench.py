@@ -691,9 +691,9 @@ def _targets(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
         per_core = hop["per_proxy_core_rps"] / max(1e-9, nginx["per_proxy_core_rps"])
         out["hop_vs_nginx"] = {
             "target": TARGET_HOP_VS_NGINX,
-            "value": round(ratio, 3),
+            "value": round(ratio, 4),
             "met": ratio >= TARGET_HOP_VS_NGINX,
-            "per_core_value": round(per_core, 3),
+            "per_core_value": round(per_core, 4),
         }
         floor = cases.get("floor-trio")
         if floor:
