@@ -697,7 +697,7 @@ def _targets(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
         }
         floor = cases.get("floor-trio")
         if floor:
-            # The most a Trio-based proxy reaches here: how much of the gap is the loop's.
+            # The most a one-process Trio proxy reaches here: how much of the gap is the loop's.
             floor_rps = floor["saturation"]["rps"]
             out["hop_vs_nginx"]["trio_floor_value"] = round(
                 floor_rps / max(1e-9, nginx["saturation"]["rps"]), 4

@@ -931,7 +931,7 @@ def _proxy_summary_rows(proxy: Mapping[str, Any] | None, quick: bool) -> list[li
 
 def _trio_floor_text(hop_vs_nginx: Mapping[str, Any]) -> str:
     """What the least-work Trio proxy reached, when the floor case ran: a floor below
-    the target means that no proxy on Trio can meet it on this machine."""
+    the target means that no one-process proxy on Trio can meet it on this machine."""
     floor = hop_vs_nginx.get("trio_floor_value")
     if floor is None:
         return ""
